@@ -1,0 +1,1 @@
+"""hookopt: a fast, safe runtime for Claude Code hooks."""

@@ -1,0 +1,32 @@
+"""Where a project's state lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["project_dir", "state_dir"]
+
+STATE_DIRNAME = "hookopt"
+
+
+def project_dir(event: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """The project root: $CLAUDE_PROJECT_DIR, else the event's cwd, else the current directory."""
+    env = os.environ if env is None else env
+    if root := env.get("CLAUDE_PROJECT_DIR"):
+        return Path(root)
+    if event is not None and isinstance(cwd := event.get("cwd"), str) and cwd:
+        return Path(cwd)
+    return Path.cwd()
+
+
+def state_dir(project: Path, *, create: bool = True) -> Path:
+    """The project's private state directory (.claude/hookopt, mode 0700, git-ignored)."""
+    path = project / ".claude" / STATE_DIRNAME
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ignore = path / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n", encoding="utf-8")
+    return path

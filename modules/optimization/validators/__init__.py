@@ -1,0 +1,1 @@
+"""Validators: built-in guards for PreToolUse and analyzers for PostToolUse."""
