@@ -76,7 +76,7 @@ class Profile:
         for key in overrides:
             if key not in known:
                 raise ConfigError(f"{where}: unknown key {key!r}")
-        values = {k: _check_int(f"{where}: {k}", v) for k, v in overrides.items()}
+        values: dict[str, Any] = {k: _check_int(f"{where}: {k}", v) for k, v in overrides.items()}
         return replace(self, **values).validated(where)
 
     def validated(self, where: str) -> Profile:
