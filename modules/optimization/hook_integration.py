@@ -1,0 +1,243 @@
+"""Glue: the engine that evaluates one event, the hook entry point, and a decorator
+for users' own validators.
+
+The same Engine runs inside the daemon and in the thin client's in-process
+fallback, so an event gets the same outcome either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, TypeVar
+
+from .async_orchestrator import Orchestrator, TaskSpec
+from .cache import ValidatorCache, make_key
+from .circuit_breaker import BreakerBoard, Guarded
+from .hook_pool import WorkerPool
+from .integrated_optimizer import Settings, load_settings
+from .parallel import TaskResult
+from .paths import project_dir, state_dir
+from .performance_monitor import Monitor
+from .protocol import (
+    BLOCK_EXIT,
+    JSON_BLOCK_EVENTS,
+    MAX_EVENT_BYTES,
+    TOOL_EVENTS,
+    HookResult,
+    ProtocolError,
+    block_result,
+    combine,
+    context_result,
+    interpret,
+    matcher_matches,
+    matcher_subject,
+    parse_event,
+    pre_tool_use_result,
+)
+from .validators.base import PASS, Policy, Validator, Verdict
+from .validators.post_tool_use import builtin_post
+from .validators.pre_tool_use import BUILTIN_PRE
+
+__all__ = ["Engine", "registered_validators", "run_hook", "validator"]
+
+F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
+_REGISTERED: list[Validator] = []
+
+
+def validator(
+    name: str | None = None,
+    *,
+    events: Iterable[str] = ("PreToolUse",),
+    matcher: str = "*",
+    policy: Policy = "fail_closed",
+    cacheable: bool = True,
+    priority: int = 0,
+    depends_on: Sequence[str] = (),
+) -> Callable[[F], F]:
+    """Register a function (event -> Verdict) as a validator the engine runs."""
+
+    def register(fn: F) -> F:
+        _REGISTERED.append(
+            Validator(name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on))
+        )
+        return fn
+
+    return register
+
+
+def registered_validators() -> tuple[Validator, ...]:
+    """The validators registered with @validator so far."""
+    return tuple(_REGISTERED)
+
+
+def _verdict_result(event_name: str, verdict: Verdict) -> HookResult:
+    """Render one validator's verdict as the hook output Claude Code reads."""
+    if event_name == "PreToolUse" and verdict.decision:
+        return pre_tool_use_result(verdict.decision, verdict.reason, verdict.context)
+    if verdict.decision == "deny":
+        if event_name in JSON_BLOCK_EVENTS:
+            return block_result(verdict.reason)
+        return HookResult(BLOCK_EXIT, b"", verdict.reason.encode())
+    return context_result(event_name, verdict.context)
+
+
+def _outcome_label(event_name: str, result: HookResult) -> str:
+    outcome = interpret(event_name, result)
+    if outcome.blocks:
+        return "deny"
+    if outcome.error:
+        return "error"
+    return outcome.decision or ("context" if outcome.additional_context else "pass")
+
+
+class Engine:
+    """Evaluate hook events: match validators, consult the cache, run the misses in
+    parallel under one deadline and their circuit breakers, combine the verdicts."""
+
+    def __init__(
+        self,
+        project: Path,
+        settings: Settings | None = None,
+        *,
+        validators: Sequence[Validator] | None = None,
+        monitor: Monitor | None = None,
+        persist: bool = True,
+    ) -> None:
+        self.project = project
+        self.settings = settings or load_settings(project)
+        profile = self.settings.profile
+        self.validators: tuple[Validator, ...] = (
+            tuple(validators) if validators is not None else BUILTIN_PRE + builtin_post() + registered_validators()
+        )
+        self.monitor = monitor
+        cache_path = state_dir(project) / "cache.json" if persist else None
+        self.cache = ValidatorCache(profile.cache_size, profile.cache_ttl_s, path=cache_path)
+        self.breakers = BreakerBoard(
+            profile.breaker_fail_max,
+            profile.breaker_reset_s,
+            on_state_change=monitor.breaker_changed if monitor else None,
+        )
+        self.pool = WorkerPool.from_profile(profile)
+        self.orchestrator = Orchestrator(self.pool)
+
+    def matching(self, event: Mapping[str, Any]) -> list[Validator]:
+        """The validators that apply to this event."""
+        name, subject = event["hook_event_name"], matcher_subject(event)
+        return [v for v in self.validators if name in v.events and matcher_matches(v.matcher, subject)]
+
+    def _cache_key(self, v: Validator, event: Mapping[str, Any]) -> str | None:
+        if not v.cacheable or event["hook_event_name"] not in TOOL_EVENTS:
+            return None
+        cwd = event.get("cwd")
+        return make_key(v.name, event["tool_name"], event.get("tool_input") or {}, cwd if isinstance(cwd, str) else None)
+
+    def _failed(self, v: Validator, why: str) -> Verdict:
+        """What a validator's policy makes of it not answering."""
+        if v.policy == "fail_closed":
+            return Verdict("deny", f"hookopt guard {v.name!r} could not check this call ({why}); denied to stay safe")
+        return PASS
+
+    def _settle(self, v: Validator, result: TaskResult | None) -> Verdict:
+        if result is None or result.status in ("timeout", "skipped"):
+            why = result.error if result else "not run"
+            if result is not None and result.status == "timeout":
+                self.breakers.record_failure(v.name, TimeoutError(why))
+            return self._failed(v, why)
+        if result.status == "error":
+            return self._failed(v, result.error)
+        guarded: Guarded = result.value
+        if guarded.denied:
+            return Verdict("deny", guarded.reason)
+        if guarded.skipped or not isinstance(guarded.value, Verdict):
+            return PASS
+        return guarded.value
+
+    def _guarded_task(self, v: Validator, event: Mapping[str, Any]) -> Callable[[dict[str, TaskResult]], Guarded]:
+        return lambda _deps: self.breakers.guarded(v.name, v.policy, lambda: v.fn(event))
+
+    async def evaluate_async(self, event: Mapping[str, Any]) -> HookResult:
+        """Evaluate one parsed event and return the combined hook result."""
+        start = time.perf_counter()
+        name = event["hook_event_name"]
+        verdicts: dict[str, Verdict] = {}
+        keys: dict[str, str] = {}
+        misses: list[Validator] = []
+        for v in self.matching(event):
+            key = self._cache_key(v, event)
+            cached = self.cache.get(key) if key else None
+            if cached is not None:
+                verdicts[v.name] = Verdict.from_json(cached)
+            else:
+                misses.append(v)
+                if key:
+                    keys[v.name] = key
+            if key and self.monitor:
+                (self.monitor.cache_hit if cached is not None else self.monitor.cache_miss)()
+        if misses:
+            names = {v.name for v in misses}
+            specs = [
+                TaskSpec(
+                    v.name,
+                    self._guarded_task(v, event),
+                    priority=v.priority,
+                    # a dependency answered from the cache has already finished
+                    depends_on=tuple(d for d in v.depends_on if d in names),
+                )
+                for v in misses
+            ]
+            results = await self.orchestrator.run(specs, self.settings.profile.deadline_ms / 1000)
+            for v in misses:
+                task = results.get(v.name)
+                verdicts[v.name] = self._settle(v, task)
+                if self.monitor and task is not None:
+                    self.monitor.observe_validator(v.name, task.elapsed_s, task.status)
+                clean = task is not None and task.ok and not task.value.denied and not task.value.skipped
+                if clean and v.name in keys:
+                    self.cache.put(keys[v.name], verdicts[v.name].to_json())
+        combined = combine(name, [_verdict_result(name, verdicts[n]) for n in sorted(verdicts)])
+        if self.monitor:
+            self.monitor.observe_event(name, _outcome_label(name, combined), time.perf_counter() - start)
+        return combined
+
+    def evaluate(self, event: Mapping[str, Any]) -> HookResult:
+        """Evaluate one parsed event outside an event loop."""
+        return asyncio.run(self.evaluate_async(event))
+
+    def close(self) -> None:
+        """Persist the cache and stop the worker pool."""
+        self.cache.save()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_hook(
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+    stderr: BinaryIO | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Read one event, evaluate it in-process, write the result; return the exit code.
+
+    Unreadable input blocks a PreToolUse call only when it cannot be told apart
+    from one (guards fail closed); anything else is a non-blocking error.
+    """
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    stderr = stderr or sys.stderr.buffer
+    raw = stdin.read(MAX_EVENT_BYTES + 1)
+    try:
+        event = parse_event(raw)
+        project = project_dir(event, env)
+        engine = Engine(project, load_settings(project, env))
+    except (ProtocolError, ValueError) as exc:
+        stderr.write(f"hookopt: cannot evaluate this event: {exc}\n".encode())
+        return BLOCK_EXIT if b"PreToolUse" in raw[:65536] else 1
+    try:
+        result = engine.evaluate(event)
+    finally:
+        engine.close()
+    stdout.write(result.stdout)
+    stderr.write(result.stderr)
+    return result.exit_code or 0
