@@ -14,6 +14,7 @@ ObserverLog journals and enqueues under one lock, uses a single priority, and sp
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -24,10 +25,12 @@ from typing import IO, Any, Callable, Final, Iterator, Mapping, Sequence
 
 from .intelligent_batcher import Batcher
 
-__all__ = ["JOURNAL_NAME", "STORE_NAME", "Journal", "ObserverLog", "ObserverStore"]
+__all__ = ["JOURNAL_NAME", "SPOOL_NAME", "STORE_NAME", "Journal", "ObserverLog", "ObserverStore", "spool_event"]
 
 JOURNAL_NAME: Final = "journal.jsonl"
 STORE_NAME: Final = "observer.db"
+# Events a client evaluated in-process (no daemon answered) wait here for the daemon.
+SPOOL_NAME: Final = "spool.jsonl"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events(
@@ -56,6 +59,20 @@ def _parse(line: bytes) -> tuple[int, dict[str, Any] | None] | None:
         return None
     record = data.get("record")
     return data["seq"], record if isinstance(record, dict) else None
+
+
+def spool_event(state_dir: Path, event: Mapping[str, Any]) -> None:
+    """Append one event for the daemon to ingest: the client fallback's journal."""
+    line = (_dumps({"ts": time.time(), "event": dict(event)}) + "\n").encode()
+    fd = os.open(state_dir / SPOOL_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        # The lock keeps a line whole against the daemon truncating after ingest.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -242,6 +259,7 @@ class ObserverLog:
         capacity: int = 10_000,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_dir = state_dir
         self._store = ObserverStore(state_dir / STORE_NAME)
         self._journal = Journal(state_dir / JOURNAL_NAME, fsync=fsync, first_seq=self._store.last_seq() + 1)
         self._replayed = self._replay(batch_size)
@@ -260,9 +278,9 @@ class ObserverLog:
         self._lock = threading.Lock()
         self._closed = False
 
-    def record(self, event: Mapping[str, Any]) -> int:
+    def record(self, event: Mapping[str, Any], ts: float | None = None) -> int:
         """Journal one event durably, queue it for SQLite, and return its seq."""
-        record = {"ts": time.time(), "event": dict(event)}
+        record = {"ts": time.time() if ts is None else ts, "event": dict(event)}
         # One lock over both steps keeps batcher order equal to journal order, which is
         # what makes the store's last_seq a safe replay and compaction point.
         with self._lock:
@@ -271,6 +289,32 @@ class ObserverLog:
             seq = self._journal.append(record)
             self._batcher.put((seq, record))
         return seq
+
+    def ingest_spool(self) -> int:
+        """Record the events clients spooled while no daemon answered; return how many.
+
+        A crash between recording and truncating the spool records those events again
+        on the next start: at most one duplicate each, never a loss.
+        """
+        try:
+            fd = os.open(self._state_dir / SPOOL_NAME, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        count = 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with os.fdopen(os.dup(fd), "rb") as spool:
+                for line in spool:
+                    try:
+                        entry = json.loads(line)
+                        self.record(entry["event"], float(entry["ts"]))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn line from a client killed mid-write was never acknowledged
+                    count += 1
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+        return count
 
     def flush(self) -> None:
         """Write everything queued into SQLite now."""
