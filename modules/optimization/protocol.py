@@ -29,6 +29,7 @@ __all__ = [
     "pre_tool_use_result",
     "context_result",
     "block_result",
+    "http_reply",
 ]
 
 BLOCK_EXIT: Final = 2
@@ -338,3 +339,27 @@ def context_result(event_name: str, context: str) -> HookResult:
 def block_result(reason: str) -> HookResult:
     """The JSON block output of PostToolUse, UserPromptSubmit and Stop."""
     return _json_result({"decision": "block", "reason": reason})
+
+
+def http_reply(event_name: str, result: HookResult) -> tuple[int, bytes]:
+    """Translate a command hook's result into the HTTP answer with the same effect.
+
+    An http hook blocks only through a 2xx JSON body; a non-2xx status is a
+    non-blocking error, like an exit code other than 0 and 2.
+    """
+    if result.exit_code is None:
+        return 500, b"hook timed out\n"
+    if result.exit_code == BLOCK_EXIT:
+        reason = _text(result.stderr).strip() or "blocked by hook"
+        if event_name == "PreToolUse":
+            return 200, pre_tool_use_result("deny", reason).stdout
+        if event_name in JSON_BLOCK_EVENTS:
+            return 200, block_result(reason).stdout
+        return 500, result.stderr
+    if result.exit_code != 0:
+        return 500, result.stderr
+    if _json_object(result.stdout) is not None:
+        return 200, result.stdout.strip()
+    if event_name in PLAIN_CONTEXT_EVENTS and result.stdout.strip():
+        return 200, context_result(event_name, _text(result.stdout).strip()).stdout
+    return 200, b"{}"
