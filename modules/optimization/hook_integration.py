@@ -8,6 +8,7 @@ fallback, so an event gets the same outcome either way.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,8 @@ from .async_orchestrator import Orchestrator, TaskSpec
 from .cache import ValidatorCache, make_key
 from .circuit_breaker import BreakerBoard, Guarded
 from .hook_pool import WorkerPool
-from .integrated_optimizer import Settings, load_settings
+from .async_db import spool_event
+from .integrated_optimizer import ConfigError, Settings, load_settings
 from .parallel import TaskResult
 from .paths import project_dir, state_dir
 from .performance_monitor import Monitor
@@ -40,8 +42,20 @@ from .protocol import (
 from .validators.base import PASS, Policy, Validator, Verdict
 from .validators.post_tool_use import builtin_post
 from .validators.pre_tool_use import BUILTIN_PRE
+from .validators.session_start import builtin_session
 
-__all__ = ["Engine", "registered_validators", "run_hook", "validator"]
+__all__ = [
+    "GUARDED_EVENTS",
+    "Engine",
+    "bad_input",
+    "evaluate_bytes",
+    "registered_validators",
+    "run_hook",
+    "validator",
+]
+
+# Events that decide whether a tool runs; every other event is also recorded by the observers.
+GUARDED_EVENTS = frozenset({"PreToolUse", "PermissionRequest"})
 
 F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
 _REGISTERED: list[Validator] = []
@@ -110,7 +124,9 @@ class Engine:
         self.settings = settings or load_settings(project)
         profile = self.settings.profile
         self.validators: tuple[Validator, ...] = (
-            tuple(validators) if validators is not None else BUILTIN_PRE + builtin_post() + registered_validators()
+            tuple(validators)
+            if validators is not None
+            else BUILTIN_PRE + builtin_post() + builtin_session(self.status_line) + registered_validators()
         )
         self.monitor = monitor
         cache_path = state_dir(project) / "cache.json" if persist else None
@@ -122,6 +138,14 @@ class Engine:
         )
         self.pool = WorkerPool.from_profile(profile)
         self.orchestrator = Orchestrator(self.pool)
+
+    def status_line(self) -> str:
+        """One line on the optimizer's state, for the session's opening context."""
+        stats = self.cache.stats()
+        return (
+            f"hookopt: profile {self.settings.profile.name}, {len(self.validators)} validators, "
+            f"validator cache {stats['size']} entries ({stats['hit_rate']:.0%} hit rate)"
+        )
 
     def matching(self, event: Mapping[str, Any]) -> list[Validator]:
         """The validators that apply to this event."""
@@ -212,32 +236,48 @@ class Engine:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def bad_input(raw: bytes, error: Exception) -> tuple[int, bytes, bytes]:
+    """The answer to an event that cannot be evaluated.
+
+    It blocks only what may be a PreToolUse call (guards fail closed); anything else is
+    a non-blocking error, so a broken observer never stops the session.
+    """
+    code = BLOCK_EXIT if b"PreToolUse" in raw[:65536] else 1
+    return code, b"", f"hookopt: cannot evaluate this event: {error}\n".encode()
+
+
+def evaluate_bytes(raw: bytes, project: str, env: Mapping[str, str] | None = None) -> tuple[int, bytes, bytes]:
+    """Evaluate one raw event in-process (the thin client's fallback); spool it for the observers."""
+    try:
+        event = parse_event(raw)
+        root = Path(project)
+        engine = Engine(root, load_settings(root, os.environ if env is None else env))
+    except (ProtocolError, ConfigError, OSError) as exc:
+        return bad_input(raw, exc)
+    try:
+        result = engine.evaluate(event)
+        if event["hook_event_name"] not in GUARDED_EVENTS:
+            spool_event(state_dir(root), event)
+    finally:
+        engine.close()
+    return result.exit_code or 0, result.stdout, result.stderr
+
+
 def run_hook(
     stdin: BinaryIO | None = None,
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    """Read one event, evaluate it in-process, write the result; return the exit code.
-
-    Unreadable input blocks a PreToolUse call only when it cannot be told apart
-    from one (guards fail closed); anything else is a non-blocking error.
-    """
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
-    stderr = stderr or sys.stderr.buffer
-    raw = stdin.read(MAX_EVENT_BYTES + 1)
+    """Read one event, evaluate it in-process, write the result; return the exit code."""
+    raw = (stdin or sys.stdin.buffer).read(MAX_EVENT_BYTES + 1)
+    env = os.environ if env is None else env
     try:
-        event = parse_event(raw)
-        project = project_dir(event, env)
-        engine = Engine(project, load_settings(project, env))
-    except (ProtocolError, ValueError) as exc:
-        stderr.write(f"hookopt: cannot evaluate this event: {exc}\n".encode())
-        return BLOCK_EXIT if b"PreToolUse" in raw[:65536] else 1
-    try:
-        result = engine.evaluate(event)
-    finally:
-        engine.close()
-    stdout.write(result.stdout)
-    stderr.write(result.stderr)
-    return result.exit_code or 0
+        project = str(project_dir(parse_event(raw), env))
+    except ProtocolError as exc:
+        code, out, err = bad_input(raw, exc)
+    else:
+        code, out, err = evaluate_bytes(raw, project, env)
+    (stdout or sys.stdout.buffer).write(out)
+    (stderr or sys.stderr.buffer).write(err)
+    return code
