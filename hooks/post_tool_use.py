@@ -1,9 +1,13 @@
-#!/usr/bin/env python3
-"""Claude Code hook: evaluate the event on stdin with hookopt's validators."""
+"""Claude Code hook: a thin client of the project's hookopt daemon.
+
+Run it with an absolute interpreter path and -S, e.g.
+  /abs/.venv/bin/python -S /abs/hooks/EVENT.py
+Standard library only: every import here is paid on every tool call.
+"""
 
 import sys
 
-from modules.optimization.hook_integration import run_hook
+sys.path[0] = sys.path[0].rpartition("/")[0]  # the repository root, instead of hooks/
+from modules.optimization.client import main  # noqa: E402
 
-if __name__ == "__main__":
-    sys.exit(run_hook())
+sys.exit(main())

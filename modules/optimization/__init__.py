@@ -1,23 +1,23 @@
 """hookopt: a fast, safe runtime for Claude Code hooks.
 
 The public surface is listed here once; the modules hold the implementation.
-Importing this package imports nothing heavy: the thin clients import their
-modules directly.
+This file imports nothing: the thin clients pass through it on every tool call.
 """
 
-from __future__ import annotations
-
 __all__ = [
+    "async_db",
+    "async_orchestrator",
     "cache",
     "circuit_breaker",
+    "client",
+    "daemon",
     "hook_integration",
     "hook_pool",
     "integrated_optimizer",
     "intelligent_batcher",
-    "async_db",
-    "async_orchestrator",
     "memory_pool",
     "parallel",
+    "paths",
     "performance_monitor",
     "pipeline",
     "protocol",

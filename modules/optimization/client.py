@@ -1,0 +1,181 @@
+"""The thin hook client: what Claude Code actually starts on every hook event.
+
+It is the hottest code in the project, so its fast path imports nothing beyond
+modules the interpreter has already loaded (``posix``, ``sys``) and the C
+``_socket`` module; it runs under ``python -S``. It reads stdin once, sends one
+frame to the project's daemon, writes the reply and exits with its code. If the
+daemon does not answer in time it starts one and evaluates the event in-process
+with the same engine: slower, never wrong.
+
+Wire format (both directions): a 4-byte big-endian header length, a JSON header,
+then raw byte sections whose lengths the header gives. Nothing is pickled.
+  request:  {"v":1,"op":"event","project":P,"env":E,"body":B} + project + env + body
+  reply:    {"v":1,"exit":X,"out":N,"err":M} + stdout + stderr, or {"v":1,"error":"..."}
+``env`` is the client's environment as NUL-separated KEY=VALUE bytes, exactly.
+"""
+
+import posix
+import sys
+
+import _socket
+
+VERSION = 1
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # matches protocol.MAX_EVENT_BYTES
+MAX_HEADER_BYTES = 4096
+DEFAULT_TIMEOUT_MS = 3000  # used until the daemon has written its profile's value
+RUNTIME_ROOT = "/tmp"  # $HOOKOPT_RUNTIME_DIR overrides it (tests, unusual systems)
+HOOKOPT_BIN = "HOOKOPT_PYTHON"  # override the interpreter that runs the daemon
+
+
+def runtime_dir() -> str:
+    """The per-user directory holding sockets, pid, lock and port files (0700)."""
+    root = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
+    return f"{root.decode() if root else RUNTIME_ROOT}/hookopt-{posix.getuid()}"
+
+
+def project_key(project: str) -> str:
+    """A short, stable name for a project path (FNV-1a 64): socket paths must stay short."""
+    h = 0xCBF29CE484222325
+    for byte in project.encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def runtime_path(project: str, suffix: str) -> str:
+    """The runtime file of a project's daemon: .sock, .pid, .lock, .timeout, .http, .metrics."""
+    return f"{runtime_dir()}/{project_key(project)}{suffix}"
+
+
+def secure_dir(path: str) -> bool:
+    """Whether path is a real directory owned by us that nobody else can enter."""
+    try:
+        st = posix.lstat(path)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == posix.getuid() and not st.st_mode & 0o077
+
+
+def encode_request(op: str, project: bytes, env: bytes, body: bytes) -> bytes:
+    """Build one request frame."""
+    header = b'{"v":%d,"op":"%s","project":%d,"env":%d,"body":%d}' % (VERSION, op.encode(), len(project), len(env), len(body))
+    return len(header).to_bytes(4, "big") + header + project + env + body
+
+
+def _recv_exactly(sock: "_socket.socket", n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise ConnectionError("daemon closed the connection")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def parse_reply_header(header: bytes) -> "tuple[int, int, int] | None":
+    """Read (exit, out length, err length) from a reply header; None for a refusal."""
+    fields = {}
+    for part in header.strip(b"{} ").split(b","):
+        key, _, value = part.partition(b":")
+        fields[key.strip(b' "')] = value.strip()
+    if b"error" in fields or fields.get(b"v") != b"%d" % VERSION:
+        return None
+    return int(fields[b"exit"]), int(fields[b"out"]), int(fields[b"err"])
+
+
+def _timeout_s(project: str) -> float:
+    try:
+        fd = posix.open(runtime_path(project, ".timeout"), posix.O_RDONLY)
+        try:
+            return int(posix.read(fd, 32)) / 1000
+        finally:
+            posix.close(fd)
+    except (OSError, ValueError):
+        return DEFAULT_TIMEOUT_MS / 1000
+
+
+def ask_daemon(project: str, frame: bytes, timeout_s: float) -> "tuple[int, bytes, bytes] | None":
+    """Send a frame to the project's daemon; its (exit, stdout, stderr), or None if it cannot answer."""
+    if not secure_dir(runtime_dir()):
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(runtime_path(project, ".sock"))
+        peercred = getattr(_socket, "SO_PEERCRED", None)
+        if peercred is not None:
+            # Only trust a daemon running as us: anyone else could answer "allow".
+            cred = sock.getsockopt(_socket.SOL_SOCKET, peercred, 12)
+            if int.from_bytes(cred[4:8], sys.byteorder) != posix.getuid():
+                return None
+        sock.sendall(frame)
+        size = int.from_bytes(_recv_exactly(sock, 4), "big")
+        if size > MAX_HEADER_BYTES:
+            return None
+        parsed = parse_reply_header(_recv_exactly(sock, size))
+        if parsed is None:
+            return None
+        code, out_len, err_len = parsed
+        out = _recv_exactly(sock, out_len)
+        return code, out, _recv_exactly(sock, err_len)
+    except (OSError, ValueError, KeyError):
+        return None
+    finally:
+        sock.close()
+
+
+def environment_bytes() -> bytes:
+    """The environment exactly as we got it, NUL-separated."""
+    return b"\0".join(k + b"=" + v for k, v in posix.environ.items())
+
+
+def project_of(environ: "dict[bytes, bytes]") -> str:
+    """The project root: $CLAUDE_PROJECT_DIR, else the working directory."""
+    root = environ.get(b"CLAUDE_PROJECT_DIR")
+    return root.decode("utf-8", "surrogateescape") if root else posix.getcwd()
+
+
+def start_daemon(project: str) -> None:
+    """Start the project's daemon, detached; it exits at once if one already runs."""
+    exe = posix.environ.get(HOOKOPT_BIN.encode(), sys.executable.encode()).decode()
+    root = __file__.rsplit("/", 3)[0]  # the directory holding the modules package
+    devnull = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]
+    env = dict(posix.environ)
+    env[b"PYTHONPATH"] = root.encode() + (b":" + env[b"PYTHONPATH"] if b"PYTHONPATH" in env else b"")
+    try:
+        # stdio go to /dev/null: Claude Code waits until every holder of the hook's pipes exits.
+        posix.posix_spawn(
+            exe, [exe, "-m", "modules.optimization.daemon", "--project", project], env, file_actions=devnull, setsid=True
+        )
+    except OSError:
+        pass  # the in-process evaluation below still answers this event
+
+
+def fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
+    """Evaluate in-process with the daemon's own engine (imports the full package)."""
+    import site
+
+    site.main()  # the fast path runs under -S; the engine needs site-packages
+    from modules.optimization.hook_integration import evaluate_bytes
+
+    return evaluate_bytes(raw, project)
+
+
+def main() -> int:
+    """Run one hook event: ask the daemon, else start it and answer in-process."""
+    raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+    project = project_of(posix.environ)
+    reply = None
+    if len(raw) <= MAX_EVENT_BYTES and posix.environ.get(b"CLAUDE_HOOKS_OPTIMIZATION", b"").lower() not in (b"0", b"false", b"no", b"off"):
+        frame = encode_request("event", project.encode("utf-8", "surrogateescape"), environment_bytes(), raw)
+        reply = ask_daemon(project, frame, _timeout_s(project))
+        if reply is None:
+            start_daemon(project)
+    if reply is None:
+        reply = fallback(raw, project)
+    code, out, err = reply
+    sys.stdout.buffer.write(out)
+    sys.stderr.buffer.write(err)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code

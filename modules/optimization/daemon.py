@@ -1,0 +1,456 @@
+"""The per-project daemon: one warm process that answers every hook event.
+
+Started lazily by the first thin client (detached, a single instance under a lock),
+it serves a unix socket in a 0700 directory (socket 0600, peers of another uid
+refused), Claude Code's ``type: "http"`` hooks on 127.0.0.1 (token checked), and
+``/metrics`` on loopback. It reloads its configuration when the files change,
+exits after the profile's idle timeout, and on SIGTERM flushes batches and the
+journal before it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import hmac
+import json
+import logging
+import os
+import py_compile
+import secrets
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Final, Mapping, Sequence
+
+from . import client
+from .async_db import ObserverLog
+from .hook_integration import GUARDED_EVENTS, Engine, bad_input
+from .integrated_optimizer import DEFAULTS_PATH, ConfigError, Settings, load_settings
+from .paths import state_dir
+from .performance_monitor import Monitor
+from .pipeline import Pipeline, Stage
+from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
+
+__all__ = ["Daemon", "main"]
+
+log = logging.getLogger("hookopt.daemon")
+
+EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE = 0, 0, 3, 4
+TOKEN_HEADER: Final = "x-hookopt-token"
+MAX_ENV_BYTES: Final = 1 << 20
+MAX_HTTP_HEADERS: Final = 100
+_TICK_S: Final = 1.0
+_PEERCRED: Final = struct.Struct("3i")
+
+
+def ensure_runtime_dir() -> Path:
+    """Create the per-user runtime directory 0700, or refuse one we do not own."""
+    path = Path(client.runtime_dir())
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    if not client.secure_dir(str(path)):
+        raise PermissionError(f"{path} is not a private directory owned by uid {os.getuid()} (mode 0700, no symlink)")
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def http_endpoint(project: Path) -> dict[str, Any]:
+    """The project's http transport port and token, made once and kept across restarts."""
+    path = state_dir(project) / "http.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data.get("token"), str) and len(data["token"]) >= 32 and isinstance(data.get("port"), int):
+            return data
+    except (OSError, ValueError):
+        pass
+    data = {"port": 0, "metrics_port": 0, "token": secrets.token_urlsafe(32)}
+    _write_private(path, json.dumps(data))
+    return data
+
+
+def _parse_env(raw: bytes) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
+class Daemon:
+    """Serve hook events for one project until idle, told to stop, or killed."""
+
+    def __init__(self, project: Path, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.project = project
+        self.settings = settings
+        self.clock = clock
+        self.started = clock()
+        self.last_activity = self.started
+        self.monitor = Monitor()
+        self.monitor.set_profile(settings.profile.name, "start")
+        self.engine = Engine(project, settings, monitor=self.monitor)
+        profile = settings.profile
+        self.state = state_dir(project)
+        self.observers = ObserverLog(
+            self.state, batch_size=profile.batch_size, max_wait_s=profile.batch_wait_ms / 1000, fsync=False
+        )
+        self.observers.ingest_spool()
+        self.post = Pipeline(
+            [
+                Stage("record", self._record, timeout_s=5.0),
+                Stage("analyze", self._analyze, timeout_s=profile.deadline_ms / 1000),
+            ],
+            executor=self.engine.pool,
+        )
+        self.sessions: set[int] = set()  # Claude Code pids seen; the daemon stays while one lives
+        self.events = 0
+        self.stop_event = asyncio.Event()
+        self.endpoint = http_endpoint(project)
+        self._watched = self._stamps()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._metrics: Any = None
+
+    # -- evaluation ---------------------------------------------------------
+
+    def _record(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {"seq": self.observers.record(ctx["event"])}
+
+    def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {"result": self.engine.evaluate(ctx["event"])}
+
+    async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
+        """Evaluate one raw event: guards run at once; observers are journaled first."""
+        self.last_activity = self.clock()
+        self.events += 1
+        if env and (pid := env.get("CLAUDE_PID", "")).isdigit():
+            self.sessions.add(int(pid))
+        try:
+            event = parse_event(raw)
+        except ProtocolError as exc:
+            return HookResult(*bad_input(raw, exc))
+        if event["hook_event_name"] in GUARDED_EVENTS:
+            return await self.engine.evaluate_async(event)
+        outcome = await asyncio.to_thread(self.post.run, {"event": event})
+        for stage in outcome.results:
+            if not stage.ok:
+                log.error("%s stage %s: %s %s", event["hook_event_name"], stage.name, stage.status, stage.error)
+                self.monitor.fallback(f"{stage.name}_{stage.status}")
+        result = outcome.context.get("result")
+        return result if isinstance(result, HookResult) else HookResult(0)
+
+    # -- unix socket ----------------------------------------------------------
+
+    async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer request frames from thin clients of our own uid."""
+        sock = writer.get_extra_info("socket")
+        try:
+            _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            if uid != os.getuid():
+                log.warning("refused a peer with uid %d", uid)
+                return
+            while not reader.at_eof():
+                try:
+                    size = int.from_bytes(await reader.readexactly(4), "big")
+                except asyncio.IncompleteReadError:
+                    return
+                writer.write(await self._answer_frame(reader, size))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            log.warning("bad frame from a client: %s", exc)
+        finally:
+            writer.close()
+
+    async def _answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
+        if size > client.MAX_HEADER_BYTES:
+            raise ProtocolError(f"frame header of {size} bytes")
+        header = json.loads(await reader.readexactly(size))
+        lengths = {k: header.get(k) for k in ("project", "env", "body")}
+        if header.get("v") != client.VERSION or not all(isinstance(n, int) and n >= 0 for n in lengths.values()):
+            raise ProtocolError(f"unsupported frame header {header!r}")
+        if lengths["body"] > MAX_EVENT_BYTES + 1 or lengths["env"] > MAX_ENV_BYTES or lengths["project"] > 4096:
+            raise ProtocolError("frame section over its limit")
+        project = (await reader.readexactly(lengths["project"])).decode("utf-8", "surrogateescape")
+        env = _parse_env(await reader.readexactly(lengths["env"]))
+        body = await reader.readexactly(lengths["body"])
+        if project != str(self.project):
+            return _reply_error(f"this daemon serves {self.project}, not {project}")
+        if header.get("op") == "status":
+            return _reply(HookResult(0, json.dumps(self.status()).encode()))
+        if header.get("op") == "stop":
+            self.stop_event.set()
+            return _reply(HookResult(0, b"stopping\n"))
+        return _reply(await self.dispatch(body, env))
+
+    # -- http transport -------------------------------------------------------
+
+    async def handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer Claude Code's http hooks: POST /hook with the event JSON, token header checked."""
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                request = await reader.readline()
+                if not request:
+                    return
+                method, _, rest = request.decode("latin-1").partition(" ")
+                path = rest.split(" ", 1)[0]
+                headers: dict[str, str] = {}
+                for _ in range(MAX_HTTP_HEADERS):
+                    line = (await reader.readline()).decode("latin-1").strip()
+                    if not line:
+                        break
+                    key, _, value = line.partition(":")
+                    headers[key.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                if not 0 <= length <= MAX_EVENT_BYTES:
+                    writer.write(_http(413, b"event too large\n", close=True))
+                    return
+                body = await reader.readexactly(length)
+                keep = headers.get("connection", "").lower() != "close"
+                token = headers.get(TOKEN_HEADER, "")
+                if not hmac.compare_digest(token.encode(), str(self.endpoint["token"]).encode()):
+                    response = _http(403, b"bad or missing x-hookopt-token\n", close=not keep)
+                elif method != "POST" or not path.startswith("/hook"):
+                    response = _http(404, b"POST /hook with the event as JSON\n", close=not keep)
+                else:
+                    result = await self.dispatch(body)
+                    status, payload = http_reply(_event_name(body), result)
+                    response = _http(status, payload, close=not keep)
+                # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
+                writer.write(response)
+                await writer.drain()
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
+            log.warning("bad http request: %s", exc)
+        finally:
+            writer.close()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able summary for `hookopt status`."""
+        return {
+            "pid": os.getpid(),
+            "project": str(self.project),
+            "profile": self.settings.profile.name,
+            "uptime_s": round(self.clock() - self.started, 3),
+            "events": self.events,
+            "pool": self.engine.pool.stats(),
+            "cache": self.engine.cache.stats(),
+            "breakers": self.engine.breakers.states(),
+            "observers": self.observers.stats(),
+            "http_port": self.endpoint.get("port"),
+            "metrics_port": self.endpoint.get("metrics_port"),
+            "monitor": self.monitor.snapshot(),
+        }
+
+    def _stamps(self) -> dict[str, int]:
+        stamps = {}
+        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH):
+            try:
+                stamps[str(path)] = path.stat().st_mtime_ns
+            except OSError:
+                stamps[str(path)] = 0
+        return stamps
+
+    def reload_if_changed(self) -> bool:
+        """Rebuild the engine when a configuration file changed; keep the old one if the new is invalid."""
+        stamps = self._stamps()
+        if stamps == self._watched:
+            return False
+        self._watched = stamps
+        try:
+            settings = load_settings(self.project, os.environ)
+        except ConfigError as exc:
+            log.error("configuration changed but is invalid, keeping the previous one: %s", exc)
+            return False
+        old, self.engine = self.engine, Engine(self.project, settings, monitor=self.monitor)
+        self.settings = settings
+        self.monitor.set_profile(settings.profile.name, "configuration reloaded")
+        self._write_timeout()
+        old.close()
+        log.info("configuration reloaded: profile %s", settings.profile.name)
+        return True
+
+    def idle(self) -> bool:
+        """Whether the daemon has been idle past its timeout with no live Claude Code session."""
+        for pid in list(self.sessions):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                self.sessions.discard(pid)
+            except PermissionError:
+                pass
+        quiet = self.clock() - self.last_activity
+        return not self.sessions and quiet >= self.settings.profile.idle_timeout_s
+
+    def _write_timeout(self) -> None:
+        _write_private(Path(client.runtime_path(str(self.project), ".timeout")), str(self.settings.profile.client_timeout_ms))
+
+    async def _tick(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), _TICK_S)
+            except asyncio.TimeoutError:
+                pass
+            self.reload_if_changed()
+            self.observers.ingest_spool()
+            self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
+            if self.idle():
+                log.info("idle for %ss, exiting", self.settings.profile.idle_timeout_s)
+                self.stop_event.set()
+
+    async def serve(self) -> None:
+        """Listen on the socket, http and metrics ports until stopped, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        sock_path = Path(client.runtime_path(str(self.project), ".sock"))
+        sock_path.unlink(missing_ok=True)  # we hold the lock, so any socket there is stale
+        old_umask = os.umask(0o177)
+        try:
+            self._servers.append(await asyncio.start_unix_server(self.handle_unix, path=str(sock_path)))
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        http = await self._start_http()
+        self._servers.append(http)
+        self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
+        self.endpoint.update(port=http.sockets[0].getsockname()[1], metrics_port=metrics_port)
+        _write_private(self.state / "http.json", json.dumps(self.endpoint))
+        self._write_timeout()
+        _write_private(Path(client.runtime_path(str(self.project), ".pid")), str(os.getpid()))
+        log.info("serving %s (pid %d, http %s, metrics %s)", self.project, os.getpid(), self.endpoint["port"], metrics_port)
+        try:
+            await self._tick()
+        finally:
+            await self.shutdown(sock_path)
+
+    async def _start_http(self) -> asyncio.Server:
+        port = int(self.endpoint.get("port") or 0)
+        try:
+            return await asyncio.start_server(self.handle_http, "127.0.0.1", port)
+        except OSError as exc:
+            # The saved port is taken: take a new one (install writes it into the hooks again).
+            log.warning("http port %d unavailable (%s); choosing another", port, exc)
+            return await asyncio.start_server(self.handle_http, "127.0.0.1", 0)
+
+    async def shutdown(self, sock_path: Path) -> None:
+        """Stop listening, flush observers and the cache, remove runtime files."""
+        for server in self._servers:
+            server.close()
+        sock_path.unlink(missing_ok=True)
+        Path(client.runtime_path(str(self.project), ".pid")).unlink(missing_ok=True)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+        self.observers.close()
+        self.engine.close()
+        log.info("stopped after %d events", self.events)
+
+
+def _event_name(body: bytes) -> str:
+    try:
+        name = json.loads(body).get("hook_event_name")
+    except (ValueError, AttributeError):
+        return ""
+    return name if isinstance(name, str) else ""
+
+
+def _reply(result: HookResult) -> bytes:
+    header = b'{"v":%d,"exit":%d,"out":%d,"err":%d}' % (client.VERSION, result.exit_code or 0, len(result.stdout), len(result.stderr))
+    return len(header).to_bytes(4, "big") + header + result.stdout + result.stderr
+
+
+def _reply_error(message: str) -> bytes:
+    header = json.dumps({"v": client.VERSION, "error": message}).encode()
+    return len(header).to_bytes(4, "big") + header
+
+
+_REASONS: Final = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+def _http(status: int, body: bytes, *, close: bool) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: {'application/json' if body.startswith(b'{') else 'text/plain; charset=utf-8'}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _acquire_lock(project: Path) -> int | None:
+    fd = os.open(client.runtime_path(str(project), ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def compile_client() -> None:
+    """Write bytecode for the thin client's modules: nothing else caches it when
+    PYTHONDONTWRITEBYTECODE is set, and scripts run as __main__ never are."""
+    root = Path(client.__file__).parent
+    for path in (root.parent / "__init__.py", root / "__init__.py", root / "client.py"):
+        try:
+            py_compile.compile(str(path), doraise=True)
+        except (OSError, py_compile.PyCompileError) as exc:
+            log.warning("cannot precompile %s: %s", path, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon for one project in the foreground; exit 0 at once if one already runs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m modules.optimization.daemon",
+        description="Serve hook events for one project (thin clients start this for you).",
+    )
+    parser.add_argument("--project", required=True, help="the project root (as the clients name it)")
+    args = parser.parse_args(argv)
+    project = Path(os.path.abspath(args.project))
+    try:
+        ensure_runtime_dir()
+    except PermissionError as exc:
+        print(f"hookopt daemon: {exc}", file=sys.stderr)
+        return EXIT_INSECURE
+    lock = _acquire_lock(project)
+    if lock is None:
+        return EXIT_RUNNING
+    state = state_dir(project)
+    logging.basicConfig(
+        filename=state / "daemon.log",
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(message)s",
+    )
+    try:
+        settings = load_settings(project, os.environ)
+    except ConfigError as exc:
+        log.error("cannot start: %s", exc)
+        print(f"hookopt daemon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    os.environ["CLAUDE_PROJECT_DIR"] = str(project)
+    compile_client()
+    asyncio.run(Daemon(project, settings).serve())
+    os.close(lock)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Helpers for tests that run real daemons and thin clients as separate processes."""
+
+import json
+import os
+import posix
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from modules.optimization import client
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = ROOT / "hooks"
+
+
+def wait_for(predicate, timeout=30.0, what="condition"):
+    """Poll a subprocess-side condition, bounded; fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pre_event(project, command="echo hi", tool="Bash", **extra):
+    tool_input = {"command": command} if tool == "Bash" else {"file_path": command}
+    return {
+        "session_id": "sess-1",
+        "transcript_path": "/tmp/t.jsonl",
+        "cwd": str(project),
+        "hook_event_name": "PreToolUse",
+        "tool_name": tool,
+        "tool_input": tool_input,
+        "tool_use_id": extra.pop("tool_use_id", "toolu_1"),
+        **extra,
+    }
+
+
+def post_event(project, command="echo hi", tool_use_id="toolu_1"):
+    event = pre_event(project, command, tool_use_id=tool_use_id)
+    event.update(hook_event_name="PostToolUse", tool_response={"stdout": "hi", "stderr": "", "interrupted": False})
+    return event
+
+
+class Runtime:
+    """A private runtime directory and the environment clients and daemons see."""
+
+    def __init__(self, root: Path, project: Path):
+        self.root = root
+        self.project = project
+        self.env = {**os.environ, "HOOKOPT_RUNTIME_DIR": str(root), "CLAUDE_PROJECT_DIR": str(project)}
+        self.env.pop("CLAUDE_HOOKS_PROFILE", None)
+
+    def path(self, suffix):
+        return Path(self.root, f"hookopt-{os.getuid()}", client.project_key(str(self.project)) + suffix)
+
+    def hook(self, event, script="pre_tool_use", raw=None, env=None, timeout=60):
+        """Run a thin client exactly as Claude Code would: a fresh process, event on stdin."""
+        data = raw if raw is not None else json.dumps(event).encode()
+        return subprocess.run(
+            [sys.executable, "-S", str(HOOKS / f"{script}.py")],
+            input=data,
+            capture_output=True,
+            env={**self.env, **(env or {})},
+            cwd=self.project,
+            timeout=timeout,
+        )
+
+    def request(self, op, body=b""):
+        frame = client.encode_request(op, str(self.project).encode(), b"", body)
+        saved = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
+        posix.environ[b"HOOKOPT_RUNTIME_DIR"] = str(self.root).encode()
+        try:
+            return client.ask_daemon(str(self.project), frame, 10.0)
+        finally:
+            if saved is None:
+                posix.environ.pop(b"HOOKOPT_RUNTIME_DIR", None)
+            else:
+                posix.environ[b"HOOKOPT_RUNTIME_DIR"] = saved
+
+    def status(self):
+        reply = self.request("status")
+        return json.loads(reply[1]) if reply else None
+
+    def pid(self):
+        try:
+            return int(self.path(".pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self):
+        """Start a daemon the way a client would and wait until it answers."""
+        subprocess.Popen(
+            [sys.executable, "-m", "modules.optimization.daemon", "--project", str(self.project)],
+            env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return wait_for(self.status, what="the daemon to answer status")
+
+    def daemons(self):
+        """Pids of daemon processes serving this project."""
+        out = subprocess.run(["pgrep", "-f", f"modules.optimization.daemon --project {self.project}$"], capture_output=True, text=True)
+        return sorted(int(p) for p in out.stdout.split())
+
+    def stop(self):
+        for pid in self.daemons():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda: not self.daemons(), what="daemons to exit")
