@@ -311,3 +311,24 @@ def test_thin_client_imports_only_the_standard_library(rt):
     assert ours <= imported
     assert not imported & third_party, imported & third_party
     assert imported - ours <= {"_socket", "encodings", "encodings.aliases", "encodings.utf_8", "codecs", "io", "abc", "_io", "_abc", "_codecs", "zipimport", "_frozen_importlib_external", "time", "marshal", "posix", "_signal", "encodings.latin_1"}, imported - ours
+
+
+def test_broken_settings_daemon_refuses_to_boot_and_clients_back_off(rt):
+    (rt.project / ".claude").mkdir()
+    (rt.project / ".claude" / "settings.json").write_text('{"optimization": {"profile": "warp"}}')
+    first = rt.hook(pre_event(rt.project, "rm -rf /"))
+    # The in-process answer reports the configuration error and, for a guard, blocks.
+    assert first.returncode == 2 and b"unknown profile 'warp'" in first.stderr
+    wait_for(lambda: rt.path(".failed").exists(), what="the failed boot to be recorded")
+    assert "unknown profile 'warp'" in rt.path(".failed").read_text()
+    # Watch spawns through a stand-in interpreter that only notes each start.
+    marks = rt.project / "spawns.txt"
+    fake = rt.project / "fake-python"
+    fake.write_text(f"#!/bin/sh\necho spawned >> {marks}\n")
+    fake.chmod(0o755)
+    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(fake)})  # within the back-off
+    rt.path(".failed").unlink()
+    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(fake)})  # back-off over
+    wait_for(marks.exists, what="the spawn after the back-off")
+    assert marks.read_text() == "spawned\n"  # exactly one: none during the back-off
+    assert not rt.daemons()

@@ -23,6 +23,7 @@ VERSION = 1
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # matches protocol.MAX_EVENT_BYTES
 MAX_HEADER_BYTES = 4096
 DEFAULT_TIMEOUT_MS = 3000  # used until the daemon has written its profile's value
+BOOT_BACKOFF_S = 30  # after a daemon failed to boot, clients wait this long before trying again
 RUNTIME_ROOT = "/tmp"  # $HOOKOPT_RUNTIME_DIR overrides it (tests, unusual systems)
 HOOKOPT_BIN = "HOOKOPT_PYTHON"  # override the interpreter that runs the daemon
 
@@ -137,6 +138,13 @@ def project_of(environ: "dict[bytes, bytes]") -> str:
 
 def start_daemon(project: str) -> None:
     """Start the project's daemon, detached; it exits at once if one already runs."""
+    try:
+        import time
+
+        if time.time() - posix.stat(runtime_path(project, ".failed")).st_mtime < BOOT_BACKOFF_S:
+            return  # it just failed to boot (e.g. broken settings): do not respawn on every event
+    except OSError:
+        pass
     exe = posix.environ.get(HOOKOPT_BIN.encode(), sys.executable.encode()).decode()
     root = __file__.rsplit("/", 3)[0]  # the directory holding the modules package
     devnull = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]

@@ -439,12 +439,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(process)d %(levelname)s %(message)s",
     )
+    failed = Path(client.runtime_path(str(project), ".failed"))
     try:
         settings = load_settings(project, os.environ)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         print(f"hookopt daemon: {exc}", file=sys.stderr)
+        _write_private(failed, f"{exc}\n")  # clients back off instead of respawning per event
         return EXIT_CONFIG
+    failed.unlink(missing_ok=True)
     os.environ["CLAUDE_PROJECT_DIR"] = str(project)
     compile_client()
     asyncio.run(Daemon(project, settings).serve())
