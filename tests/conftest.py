@@ -1,0 +1,56 @@
+"""Fixtures for end-to-end tests that drive the real Claude Code CLI (see tests/claude_harness.py)."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.claude_harness import (
+    ClaudeInstallError,
+    SessionResult,
+    ToolCall,
+    find_or_install_claude,
+    run_session,
+)
+
+EXAMPLE_PROJECT = Path(__file__).resolve().parents[1] / "examples" / "project"
+
+
+@pytest.fixture(scope="session")
+def claude_cli() -> Path:
+    """The pinned Claude Code CLI binary, installed into the user cache on first use."""
+    try:
+        return find_or_install_claude()
+    except ClaudeInstallError as exc:
+        # CI installs the CLI, so a missing one is a failure, not a skip.
+        pytest.fail(f"Claude Code CLI unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def claude_home(tmp_path: Path) -> Path:
+    """A private HOME for the CLI, kept under tmp_path for inspection (transcripts, .claude.json)."""
+    home = tmp_path / "claude-home"
+    home.mkdir()
+    return home
+
+
+@pytest.fixture
+def example_project(tmp_path: Path) -> Path:
+    """A fresh copy of examples/project with its native hooks."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE_PROJECT, project)
+    return project
+
+
+@pytest.fixture
+def claude_session(claude_cli: Path, claude_home: Path) -> Callable[..., SessionResult]:
+    """run_session bound to the CLI and this test's private HOME: claude_session(project, calls, **kw)."""
+
+    def run(project_dir: Path, calls: Iterable[ToolCall], **kwargs: Any) -> SessionResult:
+        kwargs.setdefault("home", claude_home)
+        return run_session(claude_cli, project_dir, calls, **kwargs)
+
+    return run
