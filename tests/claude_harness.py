@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -100,8 +100,16 @@ class RecordedRequest:
 class FakeMessagesAPI:
     """A scripted Messages API on 127.0.0.1: the i-th main-loop turn answers with the i-th tool call."""
 
-    def __init__(self, calls: Sequence[ToolCall], *, prompt: str = DEFAULT_PROMPT, final_text: str = "done") -> None:
+    def __init__(
+        self,
+        calls: Sequence[ToolCall],
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        final_text: str = "done",
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
         self.calls = [(name, dict(args)) for name, args in calls]
+        self.on_step = on_step  # called before the answer to each main-loop step (e.g. to kill a daemon)
         self.prompt = prompt
         self.final_text = final_text
         self.nonce = secrets.token_hex(4)
@@ -227,6 +235,8 @@ class FakeMessagesAPI:
                     self._send(200, b"{}", "application/json")
                     return
                 content, stop, main, step = api.reply_for(body)
+                if main and step is not None and api.on_step is not None:
+                    api.on_step(step)
                 self._record(body, main, step)
                 model = body.get("model", "claude-test") if isinstance(body, dict) else "claude-test"
                 stream = isinstance(body, dict) and bool(body.get("stream"))
@@ -429,6 +439,7 @@ def run_session(
     trust_project: bool = True,
     prompt: str = DEFAULT_PROMPT,
     extra_args: Sequence[str] = (),
+    on_step: Callable[[int], None] | None = None,
 ) -> SessionResult:
     """Run `claude -p` in project_dir with the stand-in API scripted to make these tool calls.
 
@@ -436,7 +447,7 @@ def run_session(
     """
     project = Path(project_dir).resolve()
     script = list(calls)
-    with tempfile.TemporaryDirectory(prefix="hookopt-claude-home-") as tmp, FakeMessagesAPI(script, prompt=prompt) as api:
+    with tempfile.TemporaryDirectory(prefix="hookopt-claude-home-") as tmp, FakeMessagesAPI(script, prompt=prompt, on_step=on_step) as api:
         home_dir = Path(home) if home is not None else Path(tmp)
         home_dir.mkdir(parents=True, exist_ok=True)
         if trust_project:
