@@ -295,6 +295,9 @@ def test_metrics_scraped_over_http(rt):
     assert "hookopt_event_latency_seconds" in families and "hookopt_validator_latency_seconds" in families
     hits = [s.value for s in families["hookopt_cache_hits"].samples if s.name == "hookopt_cache_hits_total"]
     assert hits and hits[0] >= 1
+    # promtool (Debian's prometheus package, installed by .ci/run) lints the exposition format.
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_thin_client_imports_only_the_standard_library(rt):
@@ -332,3 +335,24 @@ def test_broken_settings_daemon_refuses_to_boot_and_clients_back_off(rt):
     wait_for(marks.exists, what="the spawn after the back-off")
     assert marks.read_text() == "spawned\n"  # exactly one: none during the back-off
     assert not rt.daemons()
+
+
+def test_project_validator_files_reload_when_changed(rt):
+    checks = rt.project / "checks.py"
+    checks.write_text(
+        "from modules.optimization.hook_integration import validator\n"
+        "from modules.optimization.validators.base import PASS, Verdict\n"
+        "@validator(matcher='Bash', cacheable=False)\n"
+        "def no_deploy(event):\n"
+        "    return Verdict('deny', 'no deploys today') if 'deploy' in event['tool_input']['command'] else PASS\n"
+    )
+    write_settings(rt.project, {"validators": ["checks.py"]})
+    rt.start()
+    assert json.loads(rt.hook(pre_event(rt.project, "make deploy")).stdout)["hookSpecificOutput"]["permissionDecisionReason"] == "no deploys today"
+    checks.write_text(checks.read_text().replace("no deploys today", "deploys are frozen"))
+    os.utime(checks, ns=(0, checks.stat().st_mtime_ns + 10**9))
+
+    def reloaded():
+        out = rt.hook(pre_event(rt.project, "make deploy")).stdout
+        return b"deploys are frozen" in out
+    wait_for(reloaded, what="the changed validator file to be reloaded")

@@ -250,3 +250,41 @@ def test_hook_scripts_run_as_claude_code_runs_them(project, script):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["hookSpecificOutput"]["permissionDecision"] == "deny"
+
+
+NO_PUSH = '''
+from modules.optimization.hook_integration import validator
+from modules.optimization.validators.base import PASS, Verdict
+
+@validator(matcher="Bash")
+def no_force_push(event):
+    if "push --force" in event["tool_input"].get("command", ""):
+        return Verdict("deny", "force-push is not allowed here")
+    return PASS
+'''
+
+
+def test_project_validator_files_are_loaded(project):
+    (project / "checks.py").write_text(NO_PUSH)
+    (project / ".claude").mkdir()
+    (project / ".claude" / "settings.json").write_text(json.dumps({"optimization": {"validators": ["checks.py"]}}))
+    engine = Engine(project, load_settings(project))
+    try:
+        assert decision(engine, event(command="git push --force", project=project)).reason == "force-push is not allowed here"
+        assert "no_force_push" in [v.name for v in engine.validators]
+    finally:
+        engine.close()
+    assert hook_integration.registered_validators() == ()  # nothing leaks into the process registry
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "validator file not found"), ("def broken(:\n", "SyntaxError"), ("raise RuntimeError('nope')\n", "RuntimeError: nope")],
+)
+def test_bad_validator_file_is_a_config_error_and_guards_fail_closed(project, content, message):
+    if content is not None:
+        (project / "checks.py").write_text(content)
+    (project / ".claude").mkdir()
+    (project / ".claude" / "settings.json").write_text(json.dumps({"optimization": {"validators": ["checks.py"]}}))
+    code, out, err = run(json.dumps(event(command="ls", project=project)).encode(), {"CLAUDE_PROJECT_DIR": str(project)})
+    assert code == 2 and out == b"" and message in err and "checks.py" in err

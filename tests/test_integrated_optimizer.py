@@ -72,6 +72,7 @@ def test_pool_size_below_min_workers_lowers_min(tmp_path):
         ({"optimization": {"enabled": "maybe"}}, {}, "enabled must be true or false"),
         ({"optimization": {"min_workers": 40}}, {}, "min_workers (40) is above max_workers (16)"),
         ({"optimization": []}, {}, "'optimization' must be an object"),
+        ({"optimization": {"validators": "checks.py"}}, {}, "validators must be a list of file paths"),
         ({}, {"CLAUDE_HOOKS_CACHE_SIZE": "lots"}, "CLAUDE_HOOKS_CACHE_SIZE must be a positive integer, got 'lots'"),
         ({}, {"CLAUDE_HOOKS_OPTIMIZATION": "perhaps"}, "CLAUDE_HOOKS_OPTIMIZATION must be true or false"),
     ],

@@ -261,7 +261,7 @@ class Daemon:
 
     def _stamps(self) -> dict[str, int]:
         stamps = {}
-        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH):
+        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH, *self.settings.validator_files):
             try:
                 stamps[str(path)] = path.stat().st_mtime_ns
             except OSError:
@@ -276,10 +276,11 @@ class Daemon:
         self._watched = stamps
         try:
             settings = load_settings(self.project, os.environ)
+            engine = Engine(self.project, settings, monitor=self.monitor)
         except ConfigError as exc:
             log.error("configuration changed but is invalid, keeping the previous one: %s", exc)
             return False
-        old, self.engine = self.engine, Engine(self.project, settings, monitor=self.monitor)
+        old, self.engine = self.engine, engine
         self.settings = settings
         self.monitor.set_profile(settings.profile.name, "configuration reloaded")
         self._write_timeout()
@@ -440,17 +441,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(message)s",
     )
     failed = Path(client.runtime_path(str(project), ".failed"))
+    os.environ["CLAUDE_PROJECT_DIR"] = str(project)  # validators read it at call time
     try:
         settings = load_settings(project, os.environ)
+        daemon = Daemon(project, settings)
     except ConfigError as exc:
         log.error("cannot start: %s", exc)
         print(f"hookopt daemon: {exc}", file=sys.stderr)
         _write_private(failed, f"{exc}\n")  # clients back off instead of respawning per event
         return EXIT_CONFIG
     failed.unlink(missing_ok=True)
-    os.environ["CLAUDE_PROJECT_DIR"] = str(project)
     compile_client()
-    asyncio.run(Daemon(project, settings).serve())
+    asyncio.run(daemon.serve())
     os.close(lock)
     return EXIT_OK
 

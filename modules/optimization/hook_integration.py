@@ -8,6 +8,7 @@ fallback, so an event gets the same outcome either way.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 import time
@@ -87,6 +88,23 @@ def registered_validators() -> tuple[Validator, ...]:
     return tuple(_REGISTERED)
 
 
+def load_validator_file(path: Path) -> tuple[Validator, ...]:
+    """Run a project's validator module and return what it registered with @validator."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: validator file not found")
+    spec = importlib.util.spec_from_file_location(f"hookopt_user_{abs(hash(str(path)))}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot load as a Python module")
+    before = len(_REGISTERED)
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        return tuple(_REGISTERED[before:])
+    except Exception as exc:
+        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        del _REGISTERED[before:]  # they belong to this engine, not to the process
+
+
 def _verdict_result(event_name: str, verdict: Verdict) -> HookResult:
     """Render one validator's verdict as the hook output Claude Code reads."""
     if event_name == "PreToolUse" and verdict.decision:
@@ -126,7 +144,11 @@ class Engine:
         self.validators: tuple[Validator, ...] = (
             tuple(validators)
             if validators is not None
-            else BUILTIN_PRE + builtin_post() + builtin_session(self.status_line) + registered_validators()
+            else BUILTIN_PRE
+            + builtin_post()
+            + builtin_session(self.status_line)
+            + registered_validators()
+            + tuple(v for path in self.settings.validator_files for v in load_validator_file(path))
         )
         self.monitor = monitor
         cache_path = state_dir(project) / "cache.json" if persist else None

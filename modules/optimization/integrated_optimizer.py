@@ -101,6 +101,7 @@ class Settings:
     profile: Profile
     profiles: Mapping[str, Profile]
     sources: tuple[str, ...]  # where values came from, lowest precedence first
+    validator_files: tuple[Path, ...] = ()  # the project's own @validator modules
 
     def switch(self, name: str) -> Settings:
         """The same settings running another profile."""
@@ -197,12 +198,17 @@ def load_settings(
     enabled = _bool(f"{where}: enabled", block.pop("enabled", True))
     adaptive = _bool(f"{where}: adaptive", block.pop("adaptive", False))
     debug = _bool(f"{where}: debug", block.pop("debug", False))
+    files = block.pop("validators", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise ConfigError(f"{where}: validators must be a list of file paths")
+    root = project_dir if project_dir is not None else Path.cwd()
+    validator_files = tuple(root / f for f in files)
     profile = profiles[name].with_overrides(block, where)
     if env_overrides:
         if "max_workers" in env_overrides:
             env_overrides["min_workers"] = min(profile.min_workers, env_overrides["max_workers"])
         profile = profile.with_overrides(env_overrides, "environment")
-    return Settings(enabled, adaptive, debug, profile, profiles, tuple(sources))
+    return Settings(enabled, adaptive, debug, profile, profiles, tuple(sources), validator_files)
 
 
 @dataclass(frozen=True, slots=True)
