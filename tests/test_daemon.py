@@ -356,3 +356,32 @@ def test_project_validator_files_reload_when_changed(rt):
         out = rt.hook(pre_event(rt.project, "make deploy")).stdout
         return b"deploys are frozen" in out
     wait_for(reloaded, what="the changed validator file to be reloaded")
+
+
+def test_adaptive_mode_switches_profile_from_observed_load_and_says_why(tmp_path, monkeypatch):
+    import posix
+
+    from modules.optimization.daemon import Daemon, ensure_runtime_dir
+    from modules.optimization.integrated_optimizer import load_settings
+
+    monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(tmp_path).encode())
+    ensure_runtime_dir()
+    write_settings(tmp_path, {"adaptive": True})
+    now = [1000.0]
+    daemon = Daemon(tmp_path, load_settings(tmp_path), clock=lambda: now[0])
+    try:
+        for _ in range(3):  # three samples of 200 events/s in a row
+            now[0] += 10
+            daemon.events += 2000
+            daemon.adapt()
+        assert daemon.settings.profile.name == "throughput"
+        assert daemon.engine.settings.profile.name == "throughput"
+        assert "200.0 events/s" in daemon.switcher.history[0].reason
+        assert 'hookopt_profile_info{profile="throughput"' in daemon.monitor.exposition().decode()
+        for _ in range(3):  # then quiet
+            now[0] += 10
+            daemon.adapt()
+        assert daemon.settings.profile.name == "balanced"
+    finally:
+        daemon.observers.close()
+        daemon.engine.close()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Final, Mapping, Sequence
 from . import client
 from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input
-from .integrated_optimizer import DEFAULTS_PATH, ConfigError, Settings, load_settings
+from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Settings, load_settings
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
@@ -45,6 +45,7 @@ TOKEN_HEADER: Final = "x-hookopt-token"
 MAX_ENV_BYTES: Final = 1 << 20
 MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
+_SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
 _PEERCRED: Final = struct.Struct("3i")
 
 
@@ -121,6 +122,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.endpoint = http_endpoint(project)
         self._watched = self._stamps()
+        self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
+        self._sampled = (self.clock(), 0)
         self._servers: list[asyncio.AbstractServer] = []
         self._metrics: Any = None
 
@@ -276,17 +279,37 @@ class Daemon:
         self._watched = stamps
         try:
             settings = load_settings(self.project, os.environ)
-            engine = Engine(self.project, settings, monitor=self.monitor)
+            self._use(settings, "configuration reloaded")
         except ConfigError as exc:
             log.error("configuration changed but is invalid, keeping the previous one: %s", exc)
             return False
-        old, self.engine = self.engine, engine
+        self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
+        return True
+
+    def _use(self, settings: Settings, reason: str) -> None:
+        """Swap in an engine built for these settings; the old one finishes and saves its cache."""
+        old, self.engine = self.engine, Engine(self.project, settings, monitor=self.monitor)
         self.settings = settings
-        self.monitor.set_profile(settings.profile.name, "configuration reloaded")
+        self.monitor.set_profile(settings.profile.name, reason)
         self._write_timeout()
         old.close()
-        log.info("configuration reloaded: profile %s", settings.profile.name)
-        return True
+        log.info("profile %s: %s", settings.profile.name, reason)
+
+    def sample_load(self) -> LoadSample:
+        """Load since the last sample: event rate, p95 latency, queue depth, free memory."""
+        now, events = self.clock(), self.events
+        since, before = self._sampled
+        self._sampled = (now, events)
+        p95 = max((self.monitor.percentiles(f"event:{name}").get("p95", 0.0) for name in ("PreToolUse", "PostToolUse")), default=0.0)
+        return LoadSample((events - before) / max(now - since, 1e-9), p95, self.engine.pool.queue_depth, _available_mb())
+
+    def adapt(self) -> None:
+        """Feed the adaptive switcher one sample and follow its decision."""
+        if self.switcher is None:
+            return
+        switch = self.switcher.observe(self.sample_load())
+        if switch is not None:
+            self._use(self.switcher.settings, f"adaptive: {switch.reason}")
 
     def idle(self) -> bool:
         """Whether the daemon has been idle past its timeout with no live Claude Code session."""
@@ -304,7 +327,9 @@ class Daemon:
         _write_private(Path(client.runtime_path(str(self.project), ".timeout")), str(self.settings.profile.client_timeout_ms))
 
     async def _tick(self) -> None:
+        ticks = 0
         while not self.stop_event.is_set():
+            ticks += 1
             try:
                 await asyncio.wait_for(self.stop_event.wait(), _TICK_S)
             except asyncio.TimeoutError:
@@ -312,6 +337,8 @@ class Daemon:
             self.reload_if_changed()
             self.observers.ingest_spool()
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
+            if ticks % _SAMPLE_EVERY == 0:
+                self.adapt()
             if self.idle():
                 log.info("idle for %ss, exiting", self.settings.profile.idle_timeout_s)
                 self.stop_event.set()
@@ -363,6 +390,17 @@ class Daemon:
         self.observers.close()
         self.engine.close()
         log.info("stopped after %d events", self.events)
+
+
+def _available_mb() -> float:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("inf")  # unknown: never a reason to shrink
 
 
 def _event_name(body: bytes) -> str:
