@@ -92,7 +92,9 @@ class Monitor:
         with self._lock:
             samples = self._samples.setdefault(key, deque(maxlen=self._window))
             # Judge against the window before this sample joins it, so a spike cannot raise its own bar.
-            if len(samples) >= ANOMALY_MIN_SAMPLES:
+            # The bar is at least p50 + the margin, so anything under the margin cannot clear it:
+            # that skips sorting the window for nearly every observation.
+            if ms > ANOMALY_MARGIN_MS and len(samples) >= ANOMALY_MIN_SAMPLES:
                 p50 = _rank(sorted(samples), 0.50)
                 if ms > max(ANOMALY_RATIO * p50, p50 + ANOMALY_MARGIN_MS):
                     ratio = f"{ms / p50:.1f}x" if p50 > 0 else "far above"
