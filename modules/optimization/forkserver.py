@@ -1,0 +1,598 @@
+"""The fork server ("zygote") that runs users' legacy Python hook scripts warm.
+
+Started by the USER'S interpreter as ``<python> [flags] forkserver.py FD`` with the
+daemon's end of a unix socketpair at fd FD, so it is standard-library only and runs
+on Python 3.8+. It imports what the hooks import once, then forks per event; each
+child turns itself into what ``python [flags] script.py args`` would have been (fds,
+cwd, environment, argv, sys.path[0], stdio, a fresh ``__main__``) and runs the file
+through the interpreter's own C entry point, PyRun_FileExFlags, then ends it as
+pythonrun.c and Py_FinalizeEx do. When nothing the script left behind could notice
+(no finalisers, flushes that succeed) it skips tearing the heap down, which in a fork
+would copy every page; otherwise it lets the interpreter finalise for real.
+
+Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
+  -> {"op":"preload","id":N,"modules":[...]}
+  <- {"id":N,"loaded":[...],"failed":[...],"refused":[...],"modules":[...],"env_read":{k:v},"files":{...}}
+  -> {"op":"run","id":N,"script":S,"code_path":C,"argv":[...],"orig_argv":[...],"cwd":D,"env":[[k,v],...]}
+     with 3 fds (stdin read end, stdout and stderr write ends) as SCM_RIGHTS
+  <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
+  -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
+On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
+own stdout and stderr at /dev/null: whatever the interpreter printed before that (a
+noisy sitecustomize, say) is the daemon's sign that warm runs could not be identical.
+"""
+
+import sys
+
+# __main__ exactly as the interpreter prepared it and the modules it had imported
+# before our first line: a script's fresh process starts from the same two things.
+_MAIN0 = {k: v for k, v in globals().items() if k.startswith("__")}
+_STARTUP = frozenset(sys.modules)
+
+# (imported after the snapshots above, on purpose)
+import gc
+import io
+import json
+import os
+import select
+import signal
+import socket
+
+MYPY = False  # true for the type checker only: `typing` is one more import each zygote would carry
+if MYPY:
+    from typing import Any
+
+try:
+    import ctypes
+
+    _PYRUN = ctypes.pythonapi.PyRun_SimpleFileExFlags
+    _PYRUN.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p)
+    _PYRUN.restype = ctypes.c_int
+    _PYRUN_FILE = ctypes.pythonapi.PyRun_FileExFlags
+    _PYRUN_FILE.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object, ctypes.c_int, ctypes.c_void_p)
+    _PYRUN_FILE.restype = ctypes.py_object
+    _LIBC = ctypes.CDLL(None)
+    _FDOPEN = _LIBC.fdopen
+    _FDOPEN.argtypes = (ctypes.c_int, ctypes.c_char_p)
+    _FDOPEN.restype = ctypes.c_void_p
+    _FFLUSH = _LIBC.fflush
+    _FFLUSH.argtypes = (ctypes.c_void_p,)
+    _HAVE_CTYPES = True
+except Exception:  # an interpreter built without ctypes: the daemon spawns instead
+    _HAVE_CTYPES = False
+
+_MAX_FDS = 64
+# The stdio a fresh interpreter builds for non-tty fds: (encoding, errors, line_buffering,
+# write_through, buffered). Our own fds 0-2 are pipes or /dev/null now, so ours match.
+_STDIO = [
+    (s.encoding, s.errors, s.line_buffering, s.write_through, not isinstance(s.buffer, io.RawIOBase))
+    for s in (sys.__stdin__, sys.__stdout__, sys.__stderr__)
+    if s is not None
+]
+
+
+def _frame(msg: "dict[str, Any]") -> bytes:
+    data = json.dumps(msg).encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(4, "big") + data
+
+
+def _open_fds() -> "list[int]":
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return [fd for fd in range(256) if _is_open(fd)]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        threading = sys.modules.get("threading")
+        return threading.active_count() if threading else 1
+
+
+def _global_state() -> "tuple[object, ...]":
+    """What an import must leave alone for its module to be shared by every script."""
+    handlers = []
+    for sig in signal.valid_signals() if hasattr(signal, "valid_signals") else range(1, signal.NSIG):
+        try:
+            handlers.append(signal.getsignal(sig))
+        except (OSError, ValueError):
+            pass
+    return (
+        tuple(sys.path),
+        tuple(map(id, sys.meta_path)),
+        tuple(map(id, sys.path_hooks)),
+        dict(os.environ),
+        tuple(handlers),
+        sys.excepthook,
+        sys.displayhook,
+        sys.stdin,
+        sys.stdout,
+        sys.stderr,
+        os.getcwd(),
+        _threads(),
+        tuple(sorted(_open_fds())),
+    )
+
+
+class _Zygote:
+    """Fork a child per run request; reap them; report pids and exit codes."""
+
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.buf = bytearray()
+        self.fds: "list[int]" = []  # received with SCM_RIGHTS, three per run, in order
+        self.children: "dict[int, int]" = {}  # pid -> run id
+        self.by_id: "dict[int, int]" = {}  # run id -> pid
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sigchld = signal.getsignal(signal.SIGCHLD)
+        # SIGCHLD only wakes poll(); children are reaped in the loop, never in the handler.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self.wake_w)
+
+    def send(self, msg: "dict[str, Any]") -> None:
+        self.sock.sendall(_frame(msg))
+
+    def serve(self) -> "tuple[dict[str, object], list[int]]":
+        """Answer requests until told to stop; return only in a forked child, with its job."""
+        self.send({"op": "ready", "pid": os.getpid(), "ctypes": _HAVE_CTYPES, "modules": self.modules(_STARTUP)})
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.wake_r:
+                    self.drain_wakeups()
+                    self.reap()
+                    continue
+                job = self.receive()
+                if job is not None:
+                    return job
+
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except OSError:
+            pass
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            rid = self.children.pop(pid, None)
+            if rid is not None:
+                self.by_id.pop(rid, None)
+                self.send({"id": rid, "exit": _exit_code(status)})
+
+    def receive(self) -> "tuple[dict[str, object], list[int]] | None":
+        data, ancdata, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
+        if not data:
+            os._exit(0)  # the daemon is gone
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(cdata) - len(cdata) % 4
+                self.fds.extend(int.from_bytes(cdata[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
+        self.buf += data
+        while len(self.buf) >= 4:
+            size = int.from_bytes(self.buf[:4], "big")
+            if len(self.buf) < 4 + size:
+                break
+            msg = json.loads(self.buf[4 : 4 + size].decode("utf-8", "surrogatepass"))
+            del self.buf[: 4 + size]
+            job = self.handle(msg)
+            if job is not None:
+                return job
+        return None
+
+    def handle(self, msg: "dict[str, Any]") -> "tuple[dict[str, object], list[int]] | None":
+        op = msg.get("op")
+        if op == "run":
+            fds, self.fds = self.fds[:3], self.fds[3:]
+            # Everything alive now belongs to the zygote: the GC leaves it alone in the child
+            # (fewer copied pages), and whatever the GC tracks in the child is the script's.
+            gc.freeze()
+            pid = os.fork()
+            if pid == 0:
+                return msg, fds
+            for fd in fds:
+                os.close(fd)
+            rid = int(msg["id"])
+            self.children[pid] = rid
+            self.by_id[rid] = pid
+            self.send({"id": rid, "pid": pid})
+        elif op == "preload":
+            reply = self.preload([str(m) for m in msg.get("modules") or ()])
+            reply["id"] = msg.get("id")
+            self.send(reply)
+        elif op == "kill":
+            victim = self.by_id.get(int(msg["id"]))
+            if victim is not None:
+                _kill_group(victim)
+        elif op == "stop":
+            os._exit(0)
+        return None
+
+    def modules(self, baseline: "frozenset[str] | set[str]") -> "list[str]":
+        """Top-level names of the modules we hold that a fresh interpreter would not."""
+        return sorted({name.partition(".")[0] for name in sys.modules if name not in baseline} - {"__main__"})
+
+    def preload(self, names: "list[str]") -> "dict[str, Any]":
+        """Import each name unless it prints, starts threads, keeps fds open or changes process-wide state."""
+        loaded, failed, refused = [], [], []
+        env_read: "set[str]" = set()
+        files: "dict[str, int]" = {}
+        start = set(sys.modules)
+        for name in names:
+            if name in sys.modules:
+                loaded.append(name)
+                continue
+            before = set(sys.modules)
+            state = _global_state()
+            ok, noisy = self.quiet_import(name, env_read)
+            if noisy or _global_state() != state:
+                # Its import did something every later child would miss or inherit; this
+                # zygote is no longer a fresh interpreter, so the daemon replaces it.
+                refused.append(name)
+                break
+            if not ok:
+                failed.append(name)
+                for new in set(sys.modules) - before:  # undo a half-done import completely
+                    del sys.modules[new]
+                continue
+            loaded.append(name)
+        for name in set(sys.modules) - start:
+            path = getattr(sys.modules[name], "__file__", None)
+            if isinstance(path, str):
+                try:
+                    files[path] = os.stat(path).st_mtime_ns
+                except OSError:
+                    pass
+        return {
+            "loaded": loaded,
+            "failed": failed,
+            "refused": refused,
+            "modules": self.modules(_STARTUP),
+            "env_read": {key: os.environ.get(key) for key in sorted(env_read)},
+            "files": files,
+        }
+
+    def quiet_import(self, name: str, env_read: "set[str]") -> "tuple[bool, bool]":
+        """Import name with fds 1 and 2 captured and os.environ reads recorded."""
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        sink = _scratch_fd()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
+        environ_cls = type(os.environ)
+        getitem = environ_cls.__getitem__
+
+        def spy(self: "os._Environ[str]", key: str) -> str:
+            env_read.add(os.fsdecode(key))
+            return getitem(self, key)
+
+        environ_cls.__getitem__ = spy  # type: ignore[method-assign]
+        ok = True
+        try:
+            __import__(name)
+        except BaseException:
+            ok = False
+        finally:
+            environ_cls.__getitem__ = getitem  # type: ignore[method-assign]
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            if _HAVE_CTYPES:
+                _FFLUSH(None)  # C-level printf output too
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        noisy = os.fstat(sink).st_size > 0
+        os.close(sink)
+        return ok, noisy
+
+    def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[int, bytes, bool]":
+        """Turn this fresh fork into the process ``python script args`` would be; return (FILE*, filename, is .pyc)."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, self.sigchld)
+        os.setsid()  # its own process group, so a timeout kills the script's children too
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.close(self.sock.detach())
+        for fd in _open_fds():
+            if fd > 2:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.chdir(str(msg["cwd"]))
+        os.environ.clear()
+        os.environ.update((str(k), str(v)) for k, v in msg["env"])
+        if "time" in sys.modules and hasattr(sys.modules["time"], "tzset"):
+            sys.modules["time"].tzset()  # TZ may differ from ours
+        script = str(msg["script"])
+        sys.argv = [script] + [str(a) for a in msg["argv"]]
+        if hasattr(sys, "orig_argv"):
+            sys.orig_argv = [str(a) for a in msg["orig_argv"]]
+        if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
+            sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+        # 3.9+ makes the script's name absolute by plain joining, before anything else.
+        filename = script if sys.version_info < (3, 9) or script.startswith("/") else os.getcwd() + "/" + script
+        sys.path_importer_cache[filename] = None  # the interpreter asked the path hooks about it
+        streams = [_stdio(fd, _STDIO[fd]) for fd in (0, 1, 2)]
+        _OWN_IDS.update(id(obj) for stream in streams for obj in (stream, stream.buffer, getattr(stream.buffer, "raw", None)))
+        sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
+        sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
+        sys.modules["__main__"] = _fresh_main()
+        code_path = str(msg["code_path"])
+        if os.path.realpath(code_path) != os.path.realpath(filename):
+            _quote_from(code_path, filename)
+        pyc = _is_pyc(code_path, filename)
+        if not pyc:
+            # What PyRun_SimpleFile sets before it runs the code (it does so itself for .pyc).
+            main = vars(sys.modules["__main__"])
+            main["__file__"] = filename
+            main["__cached__"] = None
+            main["__loader__"] = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", filename)
+        fd = os.open(code_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return _FDOPEN(fd, b"rb"), os.fsencode(filename), pyc
+
+
+def _quote_from(code_path: str, filename: str) -> None:
+    """Make tracebacks and warnings quote code_path's lines for filename (a stub runs its original)."""
+    import linecache
+    import tokenize
+
+    with tokenize.open(code_path) as f:
+        lines = f.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    # The traceback module, warnings and inspect read linecache; mtime None keeps
+    # checkcache from re-reading the stub over it.
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    # The interpreter's own traceback printer (before 3.13) reads the file with io.open.
+    io_open = io.open
+
+    def open_original(file: "Any", mode: str = "r", *args: "Any", **kwargs: "Any") -> "Any":
+        if file == filename and mode == "rb":
+            file = code_path
+        return io_open(file, mode, *args, **kwargs)
+
+    io.open = open_original
+
+
+_OWN_IDS: "set[int]" = set()  # objects we create in the child that a fresh interpreter has too (its stdio)
+
+
+def _finalizers_pending() -> bool:
+    """Whether the script left objects whose teardown could be observed (__del__, weakref callbacks)."""
+    ref_type = type(sys.modules["_weakref"].ref(_finalizers_pending))
+    for obj in gc.get_objects():  # after gc.freeze() in the zygote: only what the child made
+        if id(obj) in _OWN_IDS:
+            continue
+        if hasattr(type(obj), "__del__") or (isinstance(obj, ref_type) and _observable(obj.__callback__)):
+            return True
+    return False
+
+
+def _observable(callback: "Any") -> bool:
+    """Whether a weakref callback could do something visible (not WeakSet/abc-cache bookkeeping)."""
+    if callback is None:
+        return False
+    weakref = sys.modules.get("weakref")
+    if weakref is not None and isinstance(callback, weakref.finalize):
+        return bool(callback.alive)  # finalize(atexit=True) has already run by now
+    return not (isinstance(callback, type(len)) or getattr(callback, "__module__", None) in ("_weakrefset", "weakref"))
+
+
+def _exit_fast(status: int, interrupted: bool) -> None:
+    """Finish as Py_FinalizeEx would and _exit, unless tearing the heap down could be noticed: then return."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # what finalisation does first
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()  # the interpreter's own runner: same order, same messages
+    except BaseException:
+        pass  # before 3.11 it re-raises what it already reported
+    if sys.flags.dev_mode or _finalizers_pending():
+        return
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None and not stream.closed:
+                stream.flush()
+    except Exception:
+        return  # the interpreter flushes again, reports it and exits 120
+    _FFLUSH(None)  # C-level stdio, as exit() would
+    if interrupted:
+        # An unhandled ^C ends a fresh interpreter by SIGINT (exit_sigint() in main.c).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status & 0xFF)
+
+
+def _system_exit_status(exc: SystemExit) -> int:
+    """The exit status a fresh interpreter takes from an uncaught SystemExit (_Py_HandleSystemExit)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code if -(2**63) <= code < 2**63 else -1
+    try:
+        if sys.stderr is not None:
+            sys.stderr.write(str(code))
+            sys.stderr.write("\n")
+        else:
+            os.write(2, (str(code) + "\n").encode(errors="backslashreplace"))
+    except Exception:
+        pass
+    return 1
+
+
+def _flush_io() -> None:
+    """flush_io() of pythonrun.c: stderr then stdout, errors ignored."""
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _report(exc: BaseException) -> "int | None":
+    """Print an uncaught exception as PyErr_Print() does (sys.last_*, then sys.excepthook); an exit status if the hook exits."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None  # not our frame
+    exc.__traceback__ = tb
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
+    if sys.version_info >= (3, 12):
+        sys.last_exc = exc
+    hook = getattr(sys, "excepthook", None)
+    sys.audit("sys.excepthook", hook, type(exc), exc, tb)
+    if hook is None:
+        sys.stderr.write("sys.excepthook is missing\n")
+        sys.__excepthook__(type(exc), exc, tb)
+        return None
+    try:
+        hook(type(exc), exc, tb)
+    except BaseException as error:
+        if isinstance(error, SystemExit):
+            return _system_exit_status(error)  # exits at once: __file__ stays
+        error_tb = error.__traceback__.tb_next if error.__traceback__ is not None else None
+        error.__traceback__ = error_tb
+        sys.stderr.write("Error in sys.excepthook:\n")
+        sys.__excepthook__(type(error), error, error_tb)
+        sys.stderr.write("\nOriginal exception was:\n")
+        sys.__excepthook__(type(exc), exc, tb)
+    return None
+
+
+def _conclude(failure: "BaseException | None") -> int:
+    """What PyRun_SimpleFile does once the code has run; return the exit status."""
+    _flush_io()
+    if isinstance(failure, SystemExit):
+        return _system_exit_status(failure)  # __file__ stays for atexit, as with Py_Exit()
+    if failure is not None:
+        status = _report(failure)
+        if status is not None:
+            return status
+    main = vars(sys.modules["__main__"])
+    main.pop("__file__", None)
+    main.pop("__cached__", None)
+    if isinstance(failure, KeyboardInterrupt):
+        return 128 + signal.SIGINT  # what a shell reports for the SIGINT a fresh interpreter dies of
+    return 0 if failure is None else 1
+
+
+def _is_pyc(code_path: str, filename: str) -> bool:
+    """maybe_pyc_file() of pythonrun.c."""
+    if filename.endswith(".pyc"):
+        return True
+    magic = sys.modules["_frozen_importlib_external"].MAGIC_NUMBER
+    with open(code_path, "rb") as f:
+        return f.read(2) == magic[:2]
+
+
+def _scratch_fd() -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("hookopt-preload")
+    import tempfile
+
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    return fd
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _stdio(fd: int, cfg: "tuple[Any, Any, bool, bool, bool]") -> io.TextIOWrapper:
+    """Build sys.stdin/stdout/stderr the way the interpreter's create_stdio does."""
+    encoding, errors, line_buffering, write_through, buffered = cfg
+    write = fd != 0
+    buf = io.open(fd, "wb" if write else "rb", -1 if buffered or not write else 0, closefd=False)
+    raw: Any = getattr(buf, "raw", buf)
+    raw.name = ("<stdin>", "<stdout>", "<stderr>")[fd]
+    stream = io.TextIOWrapper(buf, encoding, errors, "\n", line_buffering, write_through)
+    stream.mode = "w" if write else "r"  # type: ignore[misc]
+    return stream
+
+
+def _fresh_main() -> "Any":
+    """A new __main__ with the keys, in the order, the interpreter gives it before a script runs."""
+    main = type(sys)("__main__")
+    for key, value in _MAIN0.items():
+        if key in ("__file__", "__cached__"):
+            continue  # PyRun_SimpleFile sets these, and removes them again when the script ends
+        if key == "__annotations__":
+            value = {}
+        elif key == "__builtins__":
+            value = sys.modules["builtins"]
+        elif key in ("__name__", "__doc__", "__package__", "__loader__", "__spec__"):
+            value = main.__dict__[key]
+        main.__dict__[key] = value
+    return main
+
+
+if __name__ == "__main__":
+    if sys.path and sys.path[0] == os.path.dirname(os.path.realpath(__file__)):
+        del sys.path[0]  # our own directory must not shadow anything the hooks import
+    _devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(_devnull, 1)
+    os.dup2(_devnull, 2)
+    os.close(_devnull)
+    _zygote = _Zygote(int(sys.argv[1]))
+    _job, _fds = _zygote.serve()  # returns only in a forked child
+    _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
+    del _zygote, _job, _fds
+    # Called from module level so the script runs as few frames below a fresh interpreter's as we can.
+    if _pyc:
+        # Rare: let the interpreter's own runner do everything, exactly (and slowly).
+        raise SystemExit(0 if _PYRUN(_fp, _filename, 1, None) == 0 else 1)
+    _failure = None
+    try:
+        _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
+    except BaseException as _exc:
+        _failure = _exc  # handled below, outside the except block, as the interpreter does
+    _status = _conclude(_failure)
+    _interrupted = isinstance(_failure, KeyboardInterrupt) and _status == 128 + signal.SIGINT
+    # Hold nothing of the script's: finalisation must find its objects unreferenced, as it would.
+    del _failure, _fp, _filename
+    _exit_fast(_status, _interrupted)
+    # Raised from module level, so the interpreter finalises with no frame of ours left running
+    # (a warning at teardown then says "sys:1", as it would).
+    raise SystemExit(_status)

@@ -1,0 +1,5 @@
+import json
+import sys
+
+event = json.load(sys.stdin)
+print(event["tool_input"]["command"])

@@ -1,0 +1,4 @@
+import sys
+
+print("never read stdin")
+sys.stderr.write("still fine\n")
