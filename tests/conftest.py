@@ -41,7 +41,7 @@ def claude_home(tmp_path: Path) -> Path:
 def example_project(tmp_path: Path) -> Path:
     """A fresh copy of examples/project with its native hooks."""
     project = tmp_path / "project"
-    shutil.copytree(EXAMPLE_PROJECT, project)
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns("hookopt", "logs"))
     return project
 
 

@@ -71,7 +71,7 @@ class Runtime:
         )
 
     def request(self, op, body=b""):
-        frame = client.encode_request(op, str(self.project).encode(), b"", body)
+        frame = client.encode_request(op, project=str(self.project).encode(), body=body)
         saved = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
         posix.environ[b"HOOKOPT_RUNTIME_DIR"] = str(self.root).encode()
         try:

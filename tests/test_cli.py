@@ -18,7 +18,7 @@ def hookopt(*args, cwd=None, env=None, stdin=None):
 
 def test_demo_replays_the_example_session(tmp_path):
     project = tmp_path / "project"
-    shutil.copytree(EXAMPLE, project)
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("hookopt", "logs"))
     proc = hookopt("demo", "--project", str(project))
     assert proc.returncode == 0, proc.stderr
     blocked = [line for line in proc.stdout.splitlines() if line.lstrip().startswith("BLOCK")]

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from . import client
 from .hook_integration import Engine, run_hook
-from .integrated_optimizer import ConfigError, load_settings
+from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
+from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .protocol import ProtocolError, interpret, parse_event
+from .stack import load_manifest
 
 __all__ = ["main"]
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "project"
 RECORDED_ROOT = "/home/user/project"  # the project path recorded in example events
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FINDINGS = 0, 1, 2, 3, 3
+KNOWN_TOOLS = [
+    "Bash", "Read", "Write", "Edit", "MultiEdit", "Glob", "Grep", "LS", "WebFetch", "WebSearch", "Task",
+    "TodoWrite", "NotebookEdit", "NotebookRead", "BashOutput", "KillShell", "ExitPlanMode", "SlashCommand",
+    "mcp__server__tool",
+]  # fmt: skip
+SLOW_HOOK_MS = 100.0
 
 
 class CommandError(Exception):
@@ -110,6 +121,132 @@ def cmd_config(project: Path) -> int:
     return EXIT_OK
 
 
+def _daemon_status(project: Path) -> dict[str, Any] | None:
+    reply = client.ask_daemon(str(project), client.encode_request("status", project=str(project).encode()), 5.0)
+    return json.loads(reply[1]) if reply and reply[0] == 0 else None
+
+
+def cmd_install(project: Path, profile: str | None, transport: str, consolidate: bool) -> int:
+    """Install hookopt over the project's existing hooks."""
+    install(project, profile=profile, transport="http" if transport == "http" else "command", consolidate_hooks=consolidate)
+    return EXIT_OK
+
+
+def cmd_uninstall(project: Path, force: bool) -> int:
+    """Restore every replaced script and settings.json, byte for byte."""
+    uninstall(project, force=force)
+    return EXIT_OK
+
+
+def cmd_status(project: Path, as_json: bool) -> int:
+    """Show the daemon, profile, pool, cache, breakers and per-hook latency."""
+    project = project.resolve()
+    status = _daemon_status(project)
+    manifest = load_manifest(project)
+    if as_json:
+        print(json.dumps({"running": status is not None, "daemon": status, "installed": manifest is not None}, indent=2))
+        return EXIT_OK if status else EXIT_NOT_RUNNING
+    if manifest:
+        kind = "one client per event" if manifest.get("consolidate") else "stubs"
+        print(f"installed: yes ({kind}, transport {manifest.get('transport')}, {len(manifest.get('scripts', []))} script(s) kept as .original)")
+    else:
+        print("installed: no (hookopt install adds it over your hooks)")
+    if status is None:
+        print("daemon: not running (the next hook event starts it)")
+        return EXIT_NOT_RUNNING
+    pool, cache = status["pool"], status["cache"]
+    print(f"daemon: running, pid {status['pid']}, up {status['uptime_s']:.0f} s, {status['events']} events")
+    print(f"profile: {status['profile']}")
+    print(f"pool: {pool.get('workers')} workers ({pool.get('idle')} idle), queue {pool.get('queue_depth')}")
+    print(f"cache: {cache['size']} entries, hit rate {cache['hit_rate']:.0%} ({cache['hits']} hits, {cache['misses']} misses)")
+    breakers = status["breakers"]
+    opened = {k: v for k, v in breakers.items() if v != "closed"}
+    print("breakers: " + (", ".join(f"{k} {v}" for k, v in opened.items()) if opened else f"all {len(breakers)} closed"))
+    latency = status["monitor"].get("latency_ms", {})
+    if latency:
+        print("latency (ms)            p50      p95")
+        for key, values in sorted(latency.items()):
+            print(f"  {key[:40]:<40} {values.get('p50', 0):8.1f} {values.get('p95', 0):8.1f}")
+    return EXIT_OK
+
+
+def cmd_profile(project: Path, name: str | None) -> int:
+    """Show the profile in force, or set it in the project's settings (the daemon reloads)."""
+    project = project.resolve()
+    if name is None:
+        settings = load_settings(project, os.environ)
+        for profile in settings.profiles.values():
+            mark = "*" if profile.name == settings.profile.name else " "
+            print(f"{mark} {profile.name:<21} {profile.description}")
+        return EXIT_OK
+    if name not in PROFILE_NAMES:
+        raise CommandError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    path = project / ".claude" / "settings.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError as exc:
+        raise CommandError(f"{path} is not valid JSON ({exc}); nothing changed") from None
+    data["optimization"] = {**(data.get("optimization") or {}), "profile": name}
+    load_settings(project, {}, project_settings=data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = (json.dumps(data, indent=2) + "\n").encode()
+    path.write_bytes(payload)
+    manifest = load_manifest(project)
+    if manifest is not None:  # our own change: uninstall still restores the original bytes
+        manifest["settings_after_sha256"] = hashlib.sha256(payload).hexdigest()
+        manifest["profile"] = name
+        (project / ".claude" / "hookopt" / "install.json").write_text(json.dumps(manifest, indent=2))
+    print(f"profile {name} set in {path}; a running daemon picks it up within a second")
+    return EXIT_OK
+
+
+def _is_shim(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"#!" and any(part in path for part in ("/shims/", "/.asdf/", "/.pyenv/", "/mise/"))
+
+
+def cmd_doctor(project: Path) -> int:
+    """Find what makes hooks slow or wrong: shims, slow hooks, matchers that match nothing."""
+    project = project.resolve()
+    path = project / ".claude" / "settings.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError as exc:
+        raise CommandError(f"{path} is not valid JSON ({exc})") from None
+    manifest = load_manifest(project)
+    hooks_source = (manifest or {}).get("hooks") or settings.get("hooks") or {}
+    findings: list[str] = []
+    for event, groups in hooks_source.items():
+        for group in groups if isinstance(groups, list) else []:
+            for hook in group.get("hooks", []) if isinstance(group, dict) else []:
+                command = hook.get("command") if isinstance(hook, dict) else None
+                found = python_script(command, project) if isinstance(command, str) else None
+                resolved = shutil.which(found[0]) if found else None
+                if found and resolved and _is_shim(resolved):
+                    findings.append(
+                        f"{event} hook `{command}` starts {found[0]} through the version-manager shim {resolved}, "
+                        "which costs tens of milliseconds per call; `hookopt install` writes an absolute interpreter"
+                    )
+    findings += matchers_matching_nothing({"hooks": hooks_source}, KNOWN_TOOLS)
+    status = _daemon_status(project)
+    if status is not None:
+        for key, values in status["monitor"].get("latency_ms", {}).items():
+            if values.get("p95", 0) > SLOW_HOOK_MS:
+                findings.append(f"{key} is slow: p95 {values['p95']:.0f} ms (p50 {values.get('p50', 0):.0f} ms)")
+    else:
+        print("note: the daemon is not running, so hook latencies are unknown (run a session, then doctor again)")
+    for finding in findings:
+        print(f"- {finding}")
+    if not findings:
+        print(f"no problems found in {path}")
+        return EXIT_OK
+    return EXIT_FINDINGS
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hookopt",
@@ -132,6 +269,60 @@ def _parser() -> argparse.ArgumentParser:
     )
     config = sub.add_parser("config", help="print the resolved settings", description="Print the settings in force for a project and where they came from.")
     config.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+
+    inst = sub.add_parser(
+        "install",
+        help="speed up a project's existing hooks, keeping every original",
+        description="Install hookopt over the hooks in PROJECT/.claude/settings.json. Each Python hook script is "
+        "kept byte for byte as NAME.original and replaced by a stub that runs it warm in the project's daemon; "
+        "settings.json is backed up first and only hook commands change (absolute interpreter, no shim). "
+        "Running it twice changes nothing. It refuses, changing nothing, on a foreign NAME.original, a "
+        "settings.json that is not valid JSON, or a symlink leading out of the project. Exit 0 on success "
+        "(also when already installed), 1 on refusal.",
+    )
+    inst.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    inst.add_argument("--profile", choices=PROFILE_NAMES, help="profile to write into the project's settings")
+    inst.add_argument(
+        "--transport", choices=("command", "http"), default="command",
+        help="command: thin clients (never fail open); http: Claude Code posts to the daemon, no process per "
+        "event, but a dead daemon lets tool calls through (implies --consolidate)",
+    )
+    inst.add_argument(
+        "--consolidate", action="store_true",
+        help="run all of an event's command hooks through one client; the daemon applies the matchers "
+        "and combines the outcomes exactly as Claude Code would",
+    )
+    uninst = sub.add_parser(
+        "uninstall",
+        help="put every original hook and settings.json back, byte for byte",
+        description="Restore each NAME.original over its stub and settings.json from its backup. Refuses "
+        "(exit 1, nothing changed) if a stub or settings.json changed since install, unless --force.",
+    )
+    uninst.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    uninst.add_argument("--force", action="store_true", help="restore even if files changed since install")
+    status = sub.add_parser(
+        "status",
+        help="daemon, profile, pool, cache hit rate, breakers, p50/p95 per hook",
+        description="Ask the project's daemon how it is doing. Exit 0 when it runs, 3 when it does not.",
+    )
+    status.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    prof = sub.add_parser(
+        "profile",
+        help="show or set the optimization profile",
+        description="Without NAME, list the profiles and mark the one in force. With NAME, write it into the "
+        "project's .claude/settings.json (an 'optimization' block Claude Code ignores); a running daemon "
+        "reloads within a second.",
+    )
+    prof.add_argument("name", nargs="?", choices=PROFILE_NAMES, help="profile to use")
+    prof.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    doctor = sub.add_parser(
+        "doctor",
+        help="find version-manager shims, slow hooks and matchers that match nothing",
+        description="Check a project's hooks. Exit 0 when nothing is wrong, 3 when it found problems "
+        "(each printed as a line starting with '- '), 1 on error.",
+    )
+    doctor.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
     return parser
 
 
@@ -143,8 +334,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args.project, args.events)
         if args.command == "check":
             return cmd_check()
+        if args.command == "install":
+            return cmd_install(args.project, args.profile, args.transport, args.consolidate)
+        if args.command == "uninstall":
+            return cmd_uninstall(args.project, args.force)
+        if args.command == "status":
+            return cmd_status(args.project, args.json)
+        if args.command == "profile":
+            return cmd_profile(args.project, args.name)
+        if args.command == "doctor":
+            return cmd_doctor(args.project)
         return cmd_config(args.project)
-    except (CommandError, ConfigError) as exc:
+    except (CommandError, ConfigError, InstallError) as exc:
         print(f"hookopt: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -9,15 +9,23 @@ with the same engine: slower, never wrong.
 
 Wire format (both directions): a 4-byte big-endian header length, a JSON header,
 then raw byte sections whose lengths the header gives. Nothing is pickled.
-  request:  {"v":1,"op":"event","project":P,"env":E,"body":B} + project + env + body
+  request:  {"v":1,"op":OP,"project":N,"env":N,"cwd":N,"script":N,"argv":N,"body":N} + sections in that order
   reply:    {"v":1,"exit":X,"out":N,"err":M} + stdout + stderr, or {"v":1,"error":"..."}
-``env`` is the client's environment as NUL-separated KEY=VALUE bytes, exactly.
+``env`` is the client's environment as NUL-separated KEY=VALUE bytes, exactly; ``argv``
+is NUL-separated too. Ops: ``event`` (hookopt's own validators), ``stack`` (the
+project's installed hook stack), ``legacy`` (one installed script), ``status``, ``stop``.
 """
 
 import posix
 import sys
 
 import _socket
+
+MYPY = False
+if MYPY:  # for the type checker only: importing typing would cost every tool call
+    from typing import Callable
+
+    Reply = tuple[int, bytes, bytes]
 
 VERSION = 1
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # matches protocol.MAX_EVENT_BYTES
@@ -56,10 +64,16 @@ def secure_dir(path: str) -> bool:
     return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == posix.getuid() and not st.st_mode & 0o077
 
 
-def encode_request(op: str, project: bytes, env: bytes, body: bytes) -> bytes:
-    """Build one request frame."""
-    header = b'{"v":%d,"op":"%s","project":%d,"env":%d,"body":%d}' % (VERSION, op.encode(), len(project), len(env), len(body))
-    return len(header).to_bytes(4, "big") + header + project + env + body
+SECTIONS = ("project", "env", "cwd", "script", "argv", "body")
+LEGACY_ENV = "HOOKOPT_RUNNING_LEGACY"  # set while a stub's original runs, so it never calls back
+
+
+def encode_request(op: str, **sections: bytes) -> bytes:
+    """Build one request frame from the named byte sections (missing ones are empty)."""
+    parts = [sections.get(name, b"") for name in SECTIONS]
+    lengths = b",".join(b'"%s":%d' % (name.encode(), len(part)) for name, part in zip(SECTIONS, parts))
+    header = b'{"v":%d,"op":"%s",%s}' % (VERSION, op.encode(), lengths)
+    return len(header).to_bytes(4, "big") + header + b"".join(parts)
 
 
 def _recv_exactly(sock: "_socket.socket", n: int) -> bytes:
@@ -161,29 +175,100 @@ def start_daemon(project: str) -> None:
 
 def fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
     """Evaluate in-process with the daemon's own engine (imports the full package)."""
-    import site
-
-    site.main()  # the fast path runs under -S; the engine needs site-packages
+    _site()
     from modules.optimization.hook_integration import evaluate_bytes
 
     return evaluate_bytes(raw, project)
 
 
-def main() -> int:
-    """Run one hook event: ask the daemon, else start it and answer in-process."""
+def _enabled() -> bool:
+    return posix.environ.get(b"CLAUDE_HOOKS_OPTIMIZATION", b"").lower() not in (b"0", b"false", b"no", b"off")
+
+
+def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: bytes) -> int:
+    """Read the event, ask the daemon with op, else start it and call fallback_fn(raw, project)."""
     raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
     project = project_of(posix.environ)
     reply = None
-    if len(raw) <= MAX_EVENT_BYTES and posix.environ.get(b"CLAUDE_HOOKS_OPTIMIZATION", b"").lower() not in (b"0", b"false", b"no", b"off"):
-        frame = encode_request("event", project.encode("utf-8", "surrogateescape"), environment_bytes(), raw)
+    if len(raw) <= MAX_EVENT_BYTES and _enabled():
+        frame = encode_request(
+            op,
+            project=project.encode("utf-8", "surrogateescape"),
+            env=environment_bytes(),
+            cwd=posix.getcwd().encode("utf-8", "surrogateescape"),
+            body=raw,
+            **sections,
+        )
         reply = ask_daemon(project, frame, _timeout_s(project))
         if reply is None:
             start_daemon(project)
     if reply is None:
-        reply = fallback(raw, project)
+        reply = fallback_fn(raw, project)
     code, out, err = reply
     sys.stdout.buffer.write(out)
     sys.stderr.buffer.write(err)
     sys.stdout.flush()
     sys.stderr.flush()
     return code
+
+
+def main() -> int:
+    """Run one hook event through hookopt's own validators."""
+    return _answer("event", fallback)
+
+
+def _site() -> None:
+    import site
+
+    site.main()  # the fast path runs under -S; the slow paths need site-packages
+
+
+def stack_fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
+    """Run the project's installed stack the slow way: each hook spawned, as Claude Code would."""
+    _site()
+    from modules.optimization.hook_integration import run_stack_spawned
+
+    return run_stack_spawned(raw, project, posix.getcwd())
+
+
+def main_stack() -> int:
+    """Run one hook event through the project's installed (consolidated) hook stack."""
+    return _answer("stack", stack_fallback)
+
+
+def run_original(script: str, argv: "list[str]") -> int:
+    """Run script's .original as __main__ in this interpreter, __file__ and argv as invoked."""
+    import builtins
+
+    sys.path[:] = [p for p in sys.path if p != __file__.rsplit("/", 3)[0]]  # the stub put our root first
+    with open(script + ".original", "rb") as f:
+        code = compile(f.read(), script, "exec")
+    main = sys.modules["__main__"]
+    main.__dict__.clear()
+    main.__dict__.update(__name__="__main__", __file__=script, __builtins__=builtins, __doc__=None, __spec__=None, __loader__=None, __package__=None, __cached__=None)
+    sys.argv = [script, *argv]
+    exec(code, main.__dict__)
+    return 0
+
+
+def run_stub(script: str, interpreter: str) -> int:
+    """Run an installed stub: its original, warm in the daemon, else spawned with interpreter."""
+    argv = sys.argv[1:]
+    if posix.environ.get(LEGACY_ENV.encode()):
+        # Spawned on purpose (fallback or a non-warm path): be the original, in this process.
+        return run_original(script, argv)
+
+    def spawn(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
+        import subprocess
+
+        env = dict(posix.environ)
+        env[LEGACY_ENV.encode()] = b"1"
+        proc = subprocess.run([interpreter, script, *argv], input=raw, capture_output=True, env=env)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    return _answer(
+        "legacy",
+        spawn,
+        script=script.encode("utf-8", "surrogateescape"),
+        argv=b"\0".join(a.encode("utf-8", "surrogateescape") for a in argv),
+    )

@@ -19,6 +19,7 @@ import logging
 import os
 import py_compile
 import secrets
+import shlex
 import signal
 import socket
 import struct
@@ -34,7 +35,9 @@ from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, 
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
-from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
+from .hook_pool import LegacyRunner
+from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, combine, http_reply, parse_event
+from .stack import MANIFEST_NAME, StackHook, load_manifest, select
 
 __all__ = ["Daemon", "main"]
 
@@ -42,11 +45,11 @@ log = logging.getLogger("hookopt.daemon")
 
 EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE = 0, 0, 3, 4
 TOKEN_HEADER: Final = "x-hookopt-token"
-MAX_ENV_BYTES: Final = 1 << 20
 MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
 _PEERCRED: Final = struct.Struct("3i")
+_SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
 
 
 def ensure_runtime_dir() -> Path:
@@ -121,6 +124,8 @@ class Daemon:
         self.events = 0
         self.stop_event = asyncio.Event()
         self.endpoint = http_endpoint(project)
+        self.runner = LegacyRunner()
+        self.manifest = load_manifest(project)
         self._watched = self._stamps()
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
@@ -181,22 +186,80 @@ class Daemon:
         if size > client.MAX_HEADER_BYTES:
             raise ProtocolError(f"frame header of {size} bytes")
         header = json.loads(await reader.readexactly(size))
-        lengths = {k: header.get(k) for k in ("project", "env", "body")}
-        if header.get("v") != client.VERSION or not all(isinstance(n, int) and n >= 0 for n in lengths.values()):
-            raise ProtocolError(f"unsupported frame header {header!r}")
-        if lengths["body"] > MAX_EVENT_BYTES + 1 or lengths["env"] > MAX_ENV_BYTES or lengths["project"] > 4096:
-            raise ProtocolError("frame section over its limit")
-        project = (await reader.readexactly(lengths["project"])).decode("utf-8", "surrogateescape")
-        env = _parse_env(await reader.readexactly(lengths["env"]))
-        body = await reader.readexactly(lengths["body"])
+        if header.get("v") != client.VERSION:
+            raise ProtocolError(f"unsupported frame version in {header!r}")
+        sections: dict[str, bytes] = {}
+        for name in client.SECTIONS:
+            length = header.get(name, 0)
+            if not isinstance(length, int) or not 0 <= length <= _SECTION_LIMITS.get(name, 65536):
+                raise ProtocolError(f"frame section {name} of {length!r} bytes")
+            sections[name] = await reader.readexactly(length)
+        project = sections["project"].decode("utf-8", "surrogateescape")
         if project != str(self.project):
             return _reply_error(f"this daemon serves {self.project}, not {project}")
-        if header.get("op") == "status":
+        op = header.get("op")
+        if op == "status":
             return _reply(HookResult(0, json.dumps(self.status()).encode()))
-        if header.get("op") == "stop":
+        if op == "stop":
             self.stop_event.set()
             return _reply(HookResult(0, b"stopping\n"))
-        return _reply(await self.dispatch(body, env))
+        env = _parse_env(sections["env"])
+        cwd = sections["cwd"].decode("utf-8", "surrogateescape") or str(self.project)
+        if op == "stack":
+            return _reply(await self.dispatch_stack(sections["body"], env, cwd))
+        if op == "legacy":
+            script = sections["script"].decode("utf-8", "surrogateescape")
+            argv = [os.fsdecode(a) for a in sections["argv"].split(b"\0")] if sections["argv"] else []
+            command = self.legacy_command(script, argv, cwd)
+            if command is None:
+                return _reply_error(f"{script} is not an installed hook of {self.project}")
+            return _reply(await self.run_legacy([StackHook(command)], sections["body"], env, cwd))
+        return _reply(await self.dispatch(sections["body"], env))
+
+    # -- the project's own hooks, warm ----------------------------------------
+
+    def legacy_command(self, script: str, argv: Sequence[str], cwd: str) -> str | None:
+        """The command an installed stub stands for: its original interpreter on the script."""
+        path = os.path.realpath(os.path.join(cwd, script))
+        for entry in (self.manifest or {}).get("scripts", []):
+            if os.path.realpath(self.project / entry["path"]) == path:
+                return shlex.join([entry["interpreter"], script, *argv])
+        return None
+
+    async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
+        """Run hooks warm in parallel (as Claude Code runs them) and combine their outcomes."""
+        event_name = _event_name(raw)
+
+        async def one(hook: StackHook) -> HookResult:
+            start = time.perf_counter()
+            result = await self.runner.run(hook.command, stdin=raw, env=env, cwd=cwd, timeout_s=hook.timeout_s)
+            status = "timeout" if result.timed_out else "ok"
+            self.monitor.observe_validator(f"hook:{hook.command[-60:]}", time.perf_counter() - start, status)
+            return result
+
+        results = await asyncio.gather(*(one(h) for h in hooks))
+        if not results:
+            return HookResult(0)
+        return combine(event_name, list(results))
+
+    async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
+        """Answer one event with the project's installed stack; observers journaled first."""
+        self.last_activity = self.clock()
+        self.events += 1
+        if (pid := env.get("CLAUDE_PID", "")).isdigit():
+            self.sessions.add(int(pid))
+        try:
+            event = parse_event(raw)
+        except ProtocolError as exc:
+            return HookResult(*bad_input(raw, exc))
+        if self.manifest is None:
+            return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in {self.project}")))
+        if event["hook_event_name"] not in GUARDED_EVENTS:
+            self.observers.record(event)  # journaled before the answer: an observer event is never lost
+        start = time.perf_counter()
+        result = await self.run_legacy(select(self.manifest.get("hooks") or {}, event), raw, env, cwd)
+        self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
+        return result
 
     # -- http transport -------------------------------------------------------
 
@@ -230,7 +293,10 @@ class Daemon:
                 elif method != "POST" or not path.startswith("/hook"):
                     response = _http(404, b"POST /hook with the event as JSON\n", close=not keep)
                 else:
-                    result = await self.dispatch(body)
+                    if path.startswith("/hook/stack"):
+                        result = await self.dispatch_stack(body, os.environ, str(self.project))
+                    else:
+                        result = await self.dispatch(body)
                     status, payload = http_reply(_event_name(body), result)
                     response = _http(status, payload, close=not keep)
                 # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
@@ -257,6 +323,8 @@ class Daemon:
             "cache": self.engine.cache.stats(),
             "breakers": self.engine.breakers.states(),
             "observers": self.observers.stats(),
+            "legacy": self.runner.stats(),
+            "installed": self.manifest is not None,
             "http_port": self.endpoint.get("port"),
             "metrics_port": self.endpoint.get("metrics_port"),
             "monitor": self.monitor.snapshot(),
@@ -264,7 +332,8 @@ class Daemon:
 
     def _stamps(self) -> dict[str, int]:
         stamps = {}
-        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH, *self.settings.validator_files):
+        manifest = self.state / MANIFEST_NAME
+        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH, manifest, *self.settings.validator_files):
             try:
                 stamps[str(path)] = path.stat().st_mtime_ns
             except OSError:
@@ -277,6 +346,10 @@ class Daemon:
         if stamps == self._watched:
             return False
         self._watched = stamps
+        try:
+            self.manifest = load_manifest(self.project)
+        except ValueError as exc:
+            log.error("install manifest unreadable, keeping the previous one: %s", exc)
         try:
             settings = load_settings(self.project, os.environ)
             self._use(settings, "configuration reloaded")
@@ -387,6 +460,7 @@ class Daemon:
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
+        await self.runner.close()
         self.observers.close()
         self.engine.close()
         log.info("stopped after %d events", self.events)

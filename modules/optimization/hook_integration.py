@@ -20,6 +20,7 @@ from .cache import ValidatorCache, make_key
 from .circuit_breaker import BreakerBoard, Guarded
 from .hook_pool import WorkerPool
 from .async_db import spool_event
+from .stack import load_manifest, run_spawned
 from .integrated_optimizer import ConfigError, Settings, load_settings
 from .parallel import TaskResult
 from .paths import project_dir, state_dir
@@ -47,6 +48,7 @@ from .validators.session_start import builtin_session
 
 __all__ = [
     "GUARDED_EVENTS",
+    "run_stack_spawned",
     "Engine",
     "bad_input",
     "evaluate_bytes",
@@ -282,6 +284,21 @@ def evaluate_bytes(raw: bytes, project: str, env: Mapping[str, str] | None = Non
             spool_event(state_dir(root), event)
     finally:
         engine.close()
+    return result.exit_code or 0, result.stdout, result.stderr
+
+
+def run_stack_spawned(raw: bytes, project: str, cwd: str) -> tuple[int, bytes, bytes]:
+    """Run a project's installed hook stack for one raw event, each hook spawned (the fallback)."""
+    try:
+        event = parse_event(raw)
+        manifest = load_manifest(Path(project))
+        if manifest is None:
+            raise ConfigError(f"hookopt is not installed in {project}; run `hookopt install`")
+    except (ProtocolError, ValueError) as exc:
+        return bad_input(raw, exc)
+    result = run_spawned(manifest.get("hooks") or {}, event, raw, os.environ, cwd)
+    if event["hook_event_name"] not in GUARDED_EVENTS:
+        spool_event(state_dir(Path(project)), event)
     return result.exit_code or 0, result.stdout, result.stderr
 
 

@@ -144,8 +144,10 @@ def load_settings(
     project_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
     defaults_path: Path = DEFAULTS_PATH,
+    project_settings: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Resolve the settings for a project (its .claude/settings.json) and environment."""
+    """Resolve the settings for a project (its .claude/settings.json, or project_settings
+    when given: what is about to be written there) and environment."""
     env = {} if env is None else env
     if not defaults_path.is_file():
         raise ConfigError(f"{defaults_path}: shipped defaults are missing; reinstall hookopt")
@@ -159,7 +161,7 @@ def load_settings(
 
     if project_dir is not None:
         path = project_dir / ".claude" / "settings.json"
-        project = _read_json(path, "project settings")
+        project = dict(project_settings) if project_settings is not None else _read_json(path, "project settings")
         opt = project.get("optimization")
         if opt is not None:
             if not isinstance(opt, dict):
