@@ -1,0 +1,108 @@
+"""Shared pieces of the benchmark suites: real events, a real daemon, one-line reports.
+
+Every suite measures its baseline and the path under test in the same run, alternated,
+so drift on this shared 2-core machine cancels. With --benchmark-disable (the CI
+default) each body runs once, on the small sizes chosen through `sized`.
+"""
+
+import contextlib
+import json
+import posix
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from modules.optimization import client
+from tests.daemon_helpers import ROOT, Runtime
+
+FIXTURES = ROOT / "tests" / "fixtures" / "claude-code-2.1.329"
+BENIGN_COMMAND = "git status --short && npm test -- --watch=false 2>&1 | tail -n 20"
+DANGEROUS_COMMAND = "cd build && rm -rf / --no-preserve-root"
+
+
+def fixture_event(name, project, **changes):
+    """A payload captured from the real CLI, moved into project, with top-level fields changed."""
+    event = json.loads((FIXTURES / name).read_text())
+    event["cwd"] = str(project)
+    event.update(changes)
+    return event
+
+
+def bash_event(project, command, hook="PreToolUse", **changes):
+    """A captured Bash event (PreToolUse or PostToolUse) running command."""
+    name = "03-PreToolUse-Bash.json" if hook == "PreToolUse" else "04-PostToolUse-Bash.json"
+    event = fixture_event(name, project, **changes)
+    event["tool_input"] = {**event["tool_input"], "command": command}
+    return event
+
+
+def sized(benchmark, ci, full):
+    """The CI size when benchmarks are disabled (body runs once), else the full one."""
+    return ci if benchmark.disabled else full
+
+
+def median_us(samples):
+    return statistics.median(samples) * 1e6
+
+
+def percentile(samples, q):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def report(benchmark, label, text, **figures):
+    """Store the headline figures in extra_info and print them on one line."""
+    benchmark.extra_info.update({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()})
+    print(f"\n{label}: {text}")
+
+
+class BenchRuntime(Runtime):
+    """Runtime, with requests framed through the client's keyword sections."""
+
+    def request(self, op, body=b""):
+        frame = client.encode_request(op, project=str(self.project).encode(), body=body)
+        with client_env(self):
+            return client.ask_daemon(str(self.project), frame, 10.0)
+
+    def frame(self, event, op="event"):
+        """The frame a thin client sends for event: project, environment, cwd, body."""
+        return client.encode_request(
+            op,
+            project=str(self.project).encode(),
+            env=b"\0".join(f"{k}={v}".encode() for k, v in self.env.items()),
+            cwd=str(self.project).encode(),
+            body=json.dumps(event).encode(),
+        )
+
+    def observer_db(self):
+        return self.project / ".claude" / "hookopt" / "observer.db"
+
+
+@contextlib.contextmanager
+def client_env(runtime):
+    """Point the in-process client at runtime's private directory (it reads posix.environ)."""
+    saved = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
+    posix.environ[b"HOOKOPT_RUNTIME_DIR"] = str(runtime.root).encode()
+    try:
+        yield
+    finally:
+        if saved is None:
+            posix.environ.pop(b"HOOKOPT_RUNTIME_DIR", None)
+        else:
+            posix.environ[b"HOOKOPT_RUNTIME_DIR"] = saved
+
+
+@pytest.fixture
+def daemon(tmp_path_factory):
+    """A real daemon for a fresh project, in a short private runtime dir (socket paths are short)."""
+    root = Path(tempfile.mkdtemp(prefix="hb", dir="/tmp"))
+    runtime = BenchRuntime(root, tmp_path_factory.mktemp("project"))
+    try:
+        runtime.start()
+        yield runtime
+    finally:
+        runtime.stop()
+        shutil.rmtree(root, ignore_errors=True)
