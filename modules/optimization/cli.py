@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import client
+from . import benchmark, client
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
@@ -119,6 +119,37 @@ def cmd_config(project: Path) -> int:
         )
     )
     return EXIT_OK
+
+
+def cmd_bench(project: Path, events: Path | None, rounds: int, chart_path: Path) -> int:
+    """Replay recorded events through the project's hooks natively and optimized; compare."""
+    project = project.resolve()
+    events = events or project / "events.jsonl"
+    print(f"Benchmarking the hooks of {project} on {events.name}: native (spawned) vs hookopt (warm daemon), {rounds} rounds")
+
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if tty:  # one line redrawn in place
+            bar = "#" * (30 * done // total)
+            sys.stderr.write(f"\r  [{bar:<30}] {done}/{total} event runs" + ("\n" if done == total else ""))
+        elif done == total or done * 4 // total != (done - 1) * 4 // total:  # a line per quarter
+            sys.stderr.write(f"  {done}/{total} event runs\n")
+        sys.stderr.flush()
+
+    try:
+        result = benchmark.run_bench(project, events, rounds=rounds, progress=progress)
+    except benchmark.BenchError as exc:
+        raise CommandError(str(exc)) from None
+    print()
+    benchmark.report(result, sys.stdout)
+    for line in result.mismatches:
+        print(f"  MISMATCH {line}")
+    if benchmark.chart(result, chart_path):
+        print(f"Chart written to {chart_path}")
+    else:
+        print("Chart skipped: matplotlib is not installed (pip install matplotlib)")
+    return EXIT_ERROR if result.mismatches else EXIT_OK
 
 
 def _daemon_status(project: Path) -> dict[str, Any] | None:
@@ -267,6 +298,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Read one Claude Code hook event on stdin, evaluate it in-process, write the hook output "
         "and exit with the hook exit code (0, 2 to block, 1 for a non-blocking error).",
     )
+    bench = sub.add_parser(
+        "bench",
+        help="replay recorded events through a project's hooks, natively and optimized, and compare",
+        description="Replay recorded hook events (JSON lines) through the project's own hook stack twice, on "
+        "throw-away copies of the project: natively (every matching hook spawned, as Claude Code does) and "
+        "optimized (installed with --consolidate, one thin client per event, hooks run warm). Runs alternate "
+        "event by event. Prints p50/p95/p99 per event kind and the speed-up, writes a PNG chart, and exits 1 "
+        "if any outcome (exit code, stdout, stderr) differs.",
+    )
+    bench.add_argument("--project", type=Path, default=EXAMPLE_PROJECT, help="project directory (default: the bundled example)")
+    bench.add_argument("--events", type=Path, help="recorded events, one JSON object a line (default: PROJECT/events.jsonl)")
+    bench.add_argument("--rounds", type=int, default=3, help="timed passes over the events after one warm-up pass (default: 3)")
+    bench.add_argument("--chart", type=Path, default=Path("hookopt-bench.png"), help="where to write the PNG chart (default: ./hookopt-bench.png)")
     config = sub.add_parser("config", help="print the resolved settings", description="Print the settings in force for a project and where they came from.")
     config.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
 
@@ -334,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args.project, args.events)
         if args.command == "check":
             return cmd_check()
+        if args.command == "bench":
+            if args.rounds < 1:
+                raise CommandError("--rounds must be at least 1")
+            return cmd_bench(args.project, args.events, args.rounds, args.chart)
         if args.command == "install":
             return cmd_install(args.project, args.profile, args.transport, args.consolidate)
         if args.command == "uninstall":

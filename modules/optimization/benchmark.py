@@ -1,0 +1,218 @@
+"""`hookopt bench`: a project's own hook stack, natively and optimized, side by side.
+
+Two throw-away copies of the project are made, so the hooks' own side effects (logs,
+databases) never touch the real one. Natively, each recorded event runs every
+matching command hook spawned in parallel with ``sh -c``, as Claude Code does.
+Optimized, the copy is installed with ``--consolidate`` and each event is one thin
+client process answered by the warm daemon. Runs alternate event by event so
+machine drift cancels, and every outcome must be identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TextIO
+
+from . import client
+from .hook_pool import spawn
+from .installer import HOOKS_DIR, install
+from .protocol import HookResult, ProtocolError, combine, parse_event
+from .stack import select
+
+__all__ = ["BenchResult", "load_events", "run_bench"]
+
+RECORDED_ROOT = "/home/user/project"  # the project path recorded in the bundled events
+PLACEHOLDER = "<project>"
+_IGNORED = shutil.ignore_patterns("hookopt", "logs")
+
+
+class BenchError(Exception):
+    """The benchmark cannot run on this project; the message says why."""
+
+
+@dataclass
+class BenchResult:
+    """Timings per event kind, in milliseconds, and the outcomes that differed."""
+
+    native: dict[str, list[float]] = field(default_factory=dict)
+    optimized: dict[str, list[float]] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    events: int = 0
+    idle: int = 0  # recorded events no hook matches: Claude Code starts nothing for them
+
+
+def load_events(path: Path) -> list[str]:
+    """The recorded events of a JSONL file, as text still holding the recorded project root."""
+    if not path.is_file():
+        raise BenchError(f"no recorded events at {path}")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            parse_event(line.encode())
+        except ProtocolError as exc:
+            raise BenchError(f"{path}:{number}: {exc}") from None
+    return lines
+
+
+def _copy(project: Path, into: Path) -> Path:
+    target = into / "project"
+    shutil.copytree(project, target, symlinks=True, ignore=_IGNORED)
+    return target
+
+
+def _rooted(line: str, project: Path) -> bytes:
+    return line.replace(RECORDED_ROOT, json.dumps(str(project))[1:-1]).encode()
+
+
+def _normal(result: HookResult, project: Path) -> tuple[int | None, bytes, bytes]:
+    root = str(project).encode()
+    return result.exit_code, result.stdout.replace(root, PLACEHOLDER.encode()), result.stderr.replace(root, PLACEHOLDER.encode())
+
+
+def _native(hooks: dict[str, Any], raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:
+    event = parse_event(raw)
+    selected = select(hooks, event)
+
+    async def run_all() -> list[HookResult]:
+        return list(await asyncio.gather(*(spawn(h.command, stdin=raw, env=env, cwd=str(cwd), timeout_s=h.timeout_s) for h in selected)))
+
+    return combine(event["hook_event_name"], asyncio.run(run_all())) if selected else HookResult(0)
+
+
+def _optimized(raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:
+    proc = subprocess.run([sys.executable, "-S", str(HOOKS_DIR / "stack.py")], input=raw, capture_output=True, env=env, cwd=cwd)
+    return HookResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _timed(fn: Callable[[], HookResult]) -> tuple[HookResult, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, (time.perf_counter() - start) * 1000
+
+
+def run_bench(
+    project: Path,
+    events_path: Path,
+    *,
+    rounds: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchResult:
+    """Replay the events natively and optimized, alternating, and compare every outcome."""
+    lines = load_events(events_path)
+    settings = project / ".claude" / "settings.json"
+    try:
+        hooks = json.loads(settings.read_text(encoding="utf-8")).get("hooks") or {}
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{settings}: cannot read the project's hooks ({exc})") from None
+    if not any(select(hooks, parse_event(line.encode())) for line in lines):
+        raise BenchError(f"no command hook in {settings} matches any recorded event; nothing to compare")
+    result = BenchResult(events=len(lines))
+    with tempfile.TemporaryDirectory(prefix="hookopt-bench-") as tmp:
+        native_root = _copy(project, Path(tmp) / "native")
+        optimized_root = _copy(project, Path(tmp) / "optimized")
+        install(optimized_root, consolidate_hooks=True, say=lambda _: None)
+        # Only events some hook matches run anything, natively or through the consolidated client.
+        lines = [line for line in lines if select(hooks, parse_event(line.encode()))]
+        result.idle = result.events - len(lines)
+        native_env = {**os.environ, "CLAUDE_PROJECT_DIR": str(native_root)}
+        optimized_env = {**os.environ, "CLAUDE_PROJECT_DIR": str(optimized_root)}
+        try:
+            total, done = len(lines) * (rounds + 1), 0
+            for round_no in range(rounds + 1):  # round 0 warms the daemon and its fork servers
+                for index, line in enumerate(lines):
+                    native_raw, optimized_raw = _rooted(line, native_root), _rooted(line, optimized_root)
+                    runs = [
+                        ("native", lambda: _native(hooks, native_raw, native_env, native_root)),
+                        ("optimized", lambda: _optimized(optimized_raw, optimized_env, optimized_root)),
+                    ]
+                    if (round_no + index) % 2:
+                        runs.reverse()  # alternate who goes first, so drift cancels
+                    outcome: dict[str, tuple[HookResult, float]] = {name: _timed(fn) for name, fn in runs}
+                    kind = parse_event(native_raw)["hook_event_name"]
+                    native_out = _normal(outcome["native"][0], native_root)
+                    optimized_out = _normal(outcome["optimized"][0], optimized_root)
+                    if native_out != optimized_out and round_no == 0:
+                        result.mismatches.append(f"event {index + 1} ({kind}): native {native_out!r} != optimized {optimized_out!r}")
+                    if round_no:
+                        result.native.setdefault(kind, []).append(outcome["native"][1])
+                        result.optimized.setdefault(kind, []).append(outcome["optimized"][1])
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        finally:
+            frame = client.encode_request("stop", project=str(optimized_root).encode())
+            client.ask_daemon(str(optimized_root), frame, 5.0)
+    return result
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def rows(result: BenchResult) -> Iterator[tuple[str, dict[str, float], dict[str, float], float]]:
+    """(event kind, native p50/p95/p99, optimized p50/p95/p99, speed-up at p50), then all events."""
+    kinds = sorted(result.native) + ["all events"]
+    for kind in kinds:
+        native = [v for k, vs in result.native.items() if kind in (k, "all events") for v in vs]
+        optimized = [v for k, vs in result.optimized.items() if kind in (k, "all events") for v in vs]
+        n = {f"p{q}": percentile(native, q) for q in (50, 95, 99)}
+        o = {f"p{q}": percentile(optimized, q) for q in (50, 95, 99)}
+        yield kind, n, o, n["p50"] / o["p50"] if o["p50"] else float("inf")
+
+
+def report(result: BenchResult, out: TextIO) -> None:
+    """Print the per-event table and the overall speed-up."""
+    out.write(f"{'event':<20} {'native p50/p95/p99 ms':>24} {'optimized p50/p95/p99 ms':>26} {'speed-up':>9}\n")
+    for kind, n, o, ratio in rows(result):
+        out.write(
+            f"{kind:<20} {n['p50']:>8.1f}{n['p95']:>8.1f}{n['p99']:>8.1f} {o['p50']:>10.1f}{o['p95']:>8.1f}{o['p99']:>8.1f} {ratio:>8.1f}x\n"
+        )
+    native_total = sum(sum(v) for v in result.native.values())
+    optimized_total = sum(sum(v) for v in result.optimized.values())
+    runs = sum(len(v) for v in result.native.values())
+    if result.idle:
+        out.write(f"({result.idle} of the {result.events} recorded events match no hook, so neither side runs anything for them)\n")
+    out.write(
+        f"\nAll {runs} timed event runs: {native_total / 1000:.2f} s natively, {optimized_total / 1000:.2f} s optimized "
+        f"({native_total / optimized_total:.1f}x faster); outcomes identical: "
+        f"{'yes' if not result.mismatches else f'NO, {len(result.mismatches)} differ'}\n"
+    )
+
+
+def chart(result: BenchResult, path: Path) -> bool:
+    """Write a PNG bar chart of p50 per event kind; False if matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    table = list(rows(result))
+    labels = [kind for kind, *_ in table]
+    xs = range(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.bar([x - 0.2 for x in xs], [n["p50"] for _, n, _, _ in table], width=0.4, label="native (spawned)")
+    ax.bar([x + 0.2 for x in xs], [o["p50"] for _, _, o, _ in table], width=0.4, label="hookopt (warm daemon)")
+    for x, (_, n, o, ratio) in zip(xs, table):
+        ax.annotate(f"{ratio:.1f}x", (x, max(n["p50"], o["p50"])), ha="center", va="bottom")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("milliseconds per event (p50)")
+    ax.set_title("Hook stack latency per event: native vs hookopt")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
