@@ -60,12 +60,7 @@ def report(benchmark, label, text, **figures):
 
 
 class BenchRuntime(Runtime):
-    """Runtime, with requests framed through the client's keyword sections."""
-
-    def request(self, op, body=b""):
-        frame = client.encode_request(op, project=str(self.project).encode(), body=body)
-        with client_env(self):
-            return client.ask_daemon(str(self.project), frame, 10.0)
+    """Runtime, plus the frame a thin client sends and where the observer database is."""
 
     def frame(self, event, op="event"):
         """The frame a thin client sends for event: project, environment, cwd, body."""

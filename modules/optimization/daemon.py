@@ -86,6 +86,15 @@ def http_endpoint(project: Path) -> dict[str, Any]:
     return data
 
 
+def _claude_pid(raw: bytes) -> dict[str, str]:
+    """Just CLAUDE_PID from a NUL-separated environment."""
+    start = raw.find(b"CLAUDE_PID=")
+    if start < 0 or (start and raw[start - 1] != 0):
+        return {}
+    end = raw.find(b"\0", start)
+    return {"CLAUDE_PID": raw[start + 11 : end if end >= 0 else len(raw)].decode("ascii", "replace")}
+
+
 def _parse_env(raw: bytes) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in raw.split(b"\0"):
@@ -138,27 +147,32 @@ class Daemon:
         return {"seq": self.observers.record(ctx["event"])}
 
     def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        return {"result": self.engine.evaluate(ctx["event"])}
+        # On the daemon's own loop: a fresh event loop per event (Engine.evaluate) costs more than the analysis.
+        future = asyncio.run_coroutine_threadsafe(self.engine.evaluate_async(ctx["event"]), ctx["loop"])
+        return {"result": future.result()}
 
     async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
         """Evaluate one raw event: guards run at once; observers are journaled first."""
         self.last_activity = self.clock()
         self.events += 1
-        if env and (pid := env.get("CLAUDE_PID", "")).isdigit():
-            self.sessions.add(int(pid))
+        self._track_session(env or {})
         try:
             event = parse_event(raw)
         except ProtocolError as exc:
             return HookResult(*bad_input(raw, exc))
         if event["hook_event_name"] in GUARDED_EVENTS:
             return await self.engine.evaluate_async(event)
-        outcome = await asyncio.to_thread(self.post.run, {"event": event})
+        outcome = await asyncio.to_thread(self.post.run, {"event": event, "loop": asyncio.get_running_loop()})
         for stage in outcome.results:
             if not stage.ok:
                 log.error("%s stage %s: %s %s", event["hook_event_name"], stage.name, stage.status, stage.error)
                 self.monitor.fallback(f"{stage.name}_{stage.status}")
         result = outcome.context.get("result")
         return result if isinstance(result, HookResult) else HookResult(0)
+
+    def _track_session(self, env: Mapping[str, str]) -> None:
+        if (pid := env.get("CLAUDE_PID", "")).isdigit():
+            self.sessions.add(int(pid))
 
     # -- unix socket ----------------------------------------------------------
 
@@ -203,8 +217,11 @@ class Daemon:
         if op == "stop":
             self.stop_event.set()
             return _reply(HookResult(0, b"stopping\n"))
-        env = _parse_env(sections["env"])
         cwd = sections["cwd"].decode("utf-8", "surrogateescape") or str(self.project)
+        if op == "event":
+            # Built-in validators read no client environment: decoding it all would cost every event.
+            return _reply(await self.dispatch(sections["body"], _claude_pid(sections["env"])))
+        env = _parse_env(sections["env"])
         if op == "stack":
             return _reply(await self.dispatch_stack(sections["body"], env, cwd))
         if op == "legacy":
@@ -214,7 +231,7 @@ class Daemon:
             if command is None:
                 return _reply_error(f"{script} is not an installed hook of {self.project}")
             return _reply(await self.run_legacy([StackHook(command)], sections["body"], env, cwd))
-        return _reply(await self.dispatch(sections["body"], env))
+        raise ProtocolError(f"unknown op {op!r}")
 
     # -- the project's own hooks, warm ----------------------------------------
 
@@ -246,8 +263,7 @@ class Daemon:
         """Answer one event with the project's installed stack; observers journaled first."""
         self.last_activity = self.clock()
         self.events += 1
-        if (pid := env.get("CLAUDE_PID", "")).isdigit():
-            self.sessions.add(int(pid))
+        self._track_session(env)
         try:
             event = parse_event(raw)
         except ProtocolError as exc:
