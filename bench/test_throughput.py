@@ -26,17 +26,6 @@ THREADS = 8
 COMMANDS = ("git status --short", "npm test -- --watch=false", "ls -la src", "pytest -q tests", DANGEROUS_COMMAND)
 
 
-def _recv_exactly(sock, n):
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise ConnectionError("daemon closed the connection")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
 class Persistent:
     """One connection kept open for many frames."""
 
@@ -47,12 +36,12 @@ class Persistent:
 
     def ask(self, frame):
         self.sock.sendall(frame)
-        header = _recv_exactly(self.sock, int.from_bytes(_recv_exactly(self.sock, 4), "big"))
+        header = client._recv_exactly(self.sock, int.from_bytes(client._recv_exactly(self.sock, 4), "big"))
         parsed = client.parse_reply_header(header)
         if parsed is None:
             return None
         code, out_len, err_len = parsed
-        return code, _recv_exactly(self.sock, out_len), _recv_exactly(self.sock, err_len)
+        return code, client._recv_exactly(self.sock, out_len), client._recv_exactly(self.sock, err_len)
 
     def close(self):
         self.sock.close()

@@ -13,19 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from modules.optimization.cache import FILE_TOOLS, ValidatorCache, make_key
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 @pytest.fixture

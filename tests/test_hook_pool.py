@@ -9,21 +9,9 @@ import pytest
 
 from modules.optimization.hook_pool import GUARD, OBSERVER, WorkerPool
 from modules.optimization.integrated_optimizer import Profile
+from tests.clock import FakeClock
 
 WAIT = 5.0  # upper bound for things that should happen at once; never reached when all is well
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def tick(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Harness:
