@@ -105,7 +105,9 @@ class Journal:
                     good_end += len(line)
                     if (parsed := _parse(line)) is not None:
                         last = max(last, parsed[0])
-        self._fh: IO[bytes] = open(path, "ab")
+        # Unbuffered: a buffered writer keeps the bytes of a failed write (disk full) and
+        # writes them later, under a seq that the next append reuses.
+        self._fh: IO[bytes] = open(path, "ab", buffering=0)
         if self._fh.tell() > good_end:
             # Cut the torn tail, or the next append would be glued onto it and lost too.
             self._fh.truncate(good_end)
@@ -125,13 +127,14 @@ class Journal:
             seq = self._next
             line = _dumps({"seq": seq, "record": record}).encode() + b"\n"  # raises before any write
             try:
-                self._fh.write(line)
-                self._fh.flush()
+                view = memoryview(line)
+                while view:
+                    view = view[self._fh.write(view) :]
                 if self._fsync:
                     os.fsync(self._fh.fileno())
             except BaseException:
                 # A half-written line (disk full) would hide the next append; take it back.
-                self._fh.truncate(self._size)
+                os.ftruncate(self._fh.fileno(), self._size)
                 raise
             self._size += len(line)
             self._next = seq + 1
@@ -157,7 +160,7 @@ class Journal:
             os.replace(tmp, self._path)
             _fsync_dir(self._path.parent)
             self._fh.close()
-            self._fh = open(self._path, "ab")
+            self._fh = open(self._path, "ab", buffering=0)
             self._size = self._fh.tell()
 
     def close(self) -> None:
@@ -277,6 +280,7 @@ class ObserverLog:
         )
         self._lock = threading.Lock()
         self._closed = False
+        self._spool_done = (0, 0)  # (inode, offset) of spool lines recorded but not yet truncated
 
     def record(self, event: Mapping[str, Any], ts: float | None = None) -> int:
         """Journal one event durably, queue it for SQLite, and return its seq."""
@@ -294,7 +298,8 @@ class ObserverLog:
         """Record the events clients spooled while no daemon answered; return how many.
 
         A crash between recording and truncating the spool records those events again
-        on the next start: at most one duplicate each, never a loss.
+        on the next start: at most one duplicate each, never a loss. A record that fails
+        (state directory full) raises, and the next call resumes after the lines recorded.
         """
         try:
             fd = os.open(self._state_dir / SPOOL_NAME, os.O_RDWR)
@@ -303,15 +308,27 @@ class ObserverLog:
         count = 0
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            inode = os.fstat(fd).st_ino
+            # Resume after what an earlier, failed ingest (disk full) already recorded.
+            offset = self._spool_done[1] if self._spool_done[0] == inode else 0
             with os.fdopen(os.dup(fd), "rb") as spool:
+                spool.seek(offset)
                 for line in spool:
                     try:
                         entry = json.loads(line)
-                        self.record(entry["event"], float(entry["ts"]))
+                        event, ts = entry["event"], float(entry["ts"])
                     except (ValueError, KeyError, TypeError):
-                        continue  # a torn line from a client killed mid-write was never acknowledged
-                    count += 1
+                        event = None  # a torn line from a client killed mid-write was never acknowledged
+                    if event is not None:
+                        try:
+                            self.record(event, ts)
+                        except OSError:
+                            self._spool_done = (inode, offset)
+                            raise
+                        count += 1
+                    offset += len(line)
             os.ftruncate(fd, 0)
+            self._spool_done = (0, 0)
         finally:
             os.close(fd)
         return count

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fcntl
 import hmac
 import json
@@ -22,6 +23,7 @@ import secrets
 import shlex
 import signal
 import socket
+import sqlite3
 import struct
 import sys
 import time
@@ -30,7 +32,7 @@ from typing import Any, Callable, Final, Mapping, Sequence
 
 from . import client
 from .async_db import ObserverLog
-from .hook_integration import GUARDED_EVENTS, Engine, bad_input
+from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Settings, load_settings
 from .paths import state_dir
 from .performance_monitor import Monitor
@@ -140,6 +142,7 @@ class Daemon:
         self._sampled = (self.clock(), 0)
         self._servers: list[asyncio.AbstractServer] = []
         self._metrics: Any = None
+        self._ingest_error = ""
 
     # -- evaluation ---------------------------------------------------------
 
@@ -168,7 +171,13 @@ class Daemon:
                 log.error("%s stage %s: %s %s", event["hook_event_name"], stage.name, stage.status, stage.error)
                 self.monitor.fallback(f"{stage.name}_{stage.status}")
         result = outcome.context.get("result")
-        return result if isinstance(result, HookResult) else HookResult(0)
+        result = result if isinstance(result, HookResult) else HookResult(0)
+        record = next(stage for stage in outcome.results if stage.name == "record")
+        if record.status == "error":
+            # Not journaled (state directory full or read-only): tell the user, never drop it silently.
+            note = not_recorded(event, f"cannot journal it in {self.state}: {record.error}")
+            result = dataclasses.replace(result, stderr=result.stderr + note)
+        return result
 
     def _track_session(self, env: Mapping[str, str]) -> None:
         if (pid := env.get("CLAUDE_PID", "")).isdigit():
@@ -199,9 +208,13 @@ class Daemon:
     async def _answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
         if size > client.MAX_HEADER_BYTES:
             raise ProtocolError(f"frame header of {size} bytes")
-        header = json.loads(await reader.readexactly(size))
-        if header.get("v") != client.VERSION:
-            raise ProtocolError(f"unsupported frame version in {header!r}")
+        raw_header = await reader.readexactly(size)
+        try:
+            header = json.loads(raw_header)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"unreadable frame header: {exc}") from None
+        if not isinstance(header, dict) or header.get("v") != client.VERSION:
+            raise ProtocolError(f"unsupported frame header {raw_header[:200]!r}")
         sections: dict[str, bytes] = {}
         for name in client.SECTIONS:
             length = header.get(name, 0)
@@ -270,12 +283,17 @@ class Daemon:
             return HookResult(*bad_input(raw, exc))
         if self.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in {self.project}")))
+        note = b""
         if event["hook_event_name"] not in GUARDED_EVENTS:
-            self.observers.record(event)  # journaled before the answer: an observer event is never lost
+            try:
+                self.observers.record(event)  # journaled before the answer: an observer event is never lost
+            except OSError as exc:
+                log.error("%s event not recorded: %s", event["hook_event_name"], exc)
+                note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
         start = time.perf_counter()
         result = await self.run_legacy(select(self.manifest.get("hooks") or {}, event), raw, env, cwd)
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
-        return result
+        return dataclasses.replace(result, stderr=result.stderr + note) if note else result
 
     # -- http transport -------------------------------------------------------
 
@@ -424,13 +442,25 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
             self.reload_if_changed()
-            self.observers.ingest_spool()
+            self._ingest_spool()
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
             if self.idle():
                 log.info("idle for %ss, exiting", self.settings.profile.idle_timeout_s)
                 self.stop_event.set()
+
+    def _ingest_spool(self) -> None:
+        try:
+            self.observers.ingest_spool()
+        except OSError as exc:
+            # A read-only or full state directory must not stop the daemon: the spool keeps
+            # what is not ingested yet, and the next tick tries again. Logged once per cause.
+            if str(exc) != self._ingest_error:
+                log.error("cannot ingest the clients' spool yet (kept for the next try): %s", exc)
+            self._ingest_error = str(exc)
+        else:
+            self._ingest_error = ""
 
     async def serve(self) -> None:
         """Listen on the socket, http and metrics ports until stopped, then shut down cleanly."""
@@ -477,7 +507,11 @@ class Daemon:
             self._metrics.shutdown()
             self._metrics.server_close()
         await self.runner.close()
-        self.observers.close()
+        try:
+            self.observers.close()
+        except (OSError, sqlite3.Error) as exc:
+            # The journal still holds every entry SQLite lacks; the next start replays it.
+            log.error("observer log not closed cleanly; the journal keeps what SQLite lacks for the next start: %s", exc)
         self.engine.close()
         log.info("stopped after %d events", self.events)
 
@@ -562,21 +596,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     lock = _acquire_lock(project)
     if lock is None:
         return EXIT_RUNNING
-    state = state_dir(project)
-    logging.basicConfig(
-        filename=state / "daemon.log",
-        level=logging.INFO,
-        format="%(asctime)s %(process)d %(levelname)s %(message)s",
-    )
     failed = Path(client.runtime_path(str(project), ".failed"))
     os.environ["CLAUDE_PROJECT_DIR"] = str(project)  # validators read it at call time
     try:
+        logging.basicConfig(
+            filename=state_dir(project) / "daemon.log",
+            level=logging.INFO,
+            format="%(asctime)s %(process)d %(levelname)s %(message)s",
+        )
         settings = load_settings(project, os.environ)
         daemon = Daemon(project, settings)
-    except ConfigError as exc:
-        log.error("cannot start: %s", exc)
-        print(f"hookopt daemon: {exc}", file=sys.stderr)
-        _write_private(failed, f"{exc}\n")  # clients back off instead of respawning per event
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        # A read-only or full state directory, or broken settings: say why once, and let
+        # clients answer in-process (guards still decide) instead of respawning per event.
+        message = str(exc) if isinstance(exc, ConfigError) else f"cannot keep state in {state_dir(project, create=False)}: {exc}"
+        if logging.getLogger().handlers:  # else daemon.log could not be opened: stderr only
+            log.error("cannot start: %s", message)
+        print(f"hookopt daemon: {message}", file=sys.stderr)
+        _write_private(failed, f"{message}\n")
         return EXIT_CONFIG
     failed.unlink(missing_ok=True)
     compile_client()

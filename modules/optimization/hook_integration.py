@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from .async_orchestrator import Orchestrator, TaskSpec
 from .cache import ValidatorCache, make_key
 from .circuit_breaker import BreakerBoard, Guarded
 from .hook_pool import WorkerPool
-from .async_db import spool_event
+from .async_db import SPOOL_NAME, spool_event
 from .stack import load_manifest, run_spawned
 from .integrated_optimizer import ConfigError, Settings, load_settings
 from .parallel import TaskResult
@@ -52,6 +53,7 @@ __all__ = [
     "Engine",
     "bad_input",
     "evaluate_bytes",
+    "not_recorded",
     "registered_validators",
     "run_hook",
     "validator",
@@ -61,6 +63,7 @@ __all__ = [
 GUARDED_EVENTS = frozenset({"PreToolUse", "PermissionRequest"})
 
 F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
+log = logging.getLogger("hookopt.engine")
 _REGISTERED: list[Validator] = []
 
 
@@ -256,8 +259,14 @@ class Engine:
 
     def close(self) -> None:
         """Persist the cache and stop the worker pool."""
-        self.cache.save()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.cache.save()
+        except OSError as exc:
+            # A read-only or full state directory: the cache is only an optimisation, and
+            # raising here would turn an answered event (a guard's deny) into a crash.
+            log.warning("hookopt: validator cache not saved: %s", exc)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def bad_input(raw: bytes, error: Exception) -> tuple[int, bytes, bytes]:
@@ -280,11 +289,25 @@ def evaluate_bytes(raw: bytes, project: str, env: Mapping[str, str] | None = Non
         return bad_input(raw, exc)
     try:
         result = engine.evaluate(event)
-        if event["hook_event_name"] not in GUARDED_EVENTS:
-            spool_event(state_dir(root), event)
     finally:
         engine.close()
-    return result.exit_code or 0, result.stdout, result.stderr
+    return result.exit_code or 0, result.stdout, result.stderr + _spool(root, event)
+
+
+def not_recorded(event: Mapping[str, Any], error: object) -> bytes:
+    """The stderr line saying an observer event could not be kept (disk full, read-only...)."""
+    return f"hookopt: {event.get('hook_event_name')} event not recorded for the observers: {error}\n".encode()
+
+
+def _spool(root: Path, event: Mapping[str, Any]) -> bytes:
+    """Spool an observer event for the daemon; b"" if kept, else the message saying why not."""
+    if event["hook_event_name"] in GUARDED_EVENTS:
+        return b""
+    try:
+        spool_event(state_dir(root), event)
+    except OSError as exc:
+        return not_recorded(event, f"cannot append it to {state_dir(root, create=False) / SPOOL_NAME}: {exc.strerror or exc}")
+    return b""
 
 
 def run_stack_spawned(raw: bytes, project: str, cwd: str) -> tuple[int, bytes, bytes]:
@@ -297,9 +320,7 @@ def run_stack_spawned(raw: bytes, project: str, cwd: str) -> tuple[int, bytes, b
     except (ProtocolError, ValueError) as exc:
         return bad_input(raw, exc)
     result = run_spawned(manifest.get("hooks") or {}, event, raw, os.environ, cwd)
-    if event["hook_event_name"] not in GUARDED_EVENTS:
-        spool_event(state_dir(Path(project)), event)
-    return result.exit_code or 0, result.stdout, result.stderr
+    return result.exit_code or 0, result.stdout, result.stderr + _spool(Path(project), event)
 
 
 def run_hook(

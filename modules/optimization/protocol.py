@@ -95,6 +95,10 @@ def parse_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> dict[str, An
         raise ProtocolError(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise ProtocolError("malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        # An integer of more than 4300 digits (sys.get_int_max_str_digits): before this, it
+        # escaped as a traceback, a non-blocking exit that let a PreToolUse call through.
+        raise ProtocolError(f"unreadable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"event must be a JSON object, not {type(data).__name__}")
     name = data.get("hook_event_name")
