@@ -1,7 +1,10 @@
 """Helpers for tests that run real daemons and thin clients as separate processes."""
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import posix
 import signal
 import subprocess
@@ -113,3 +116,15 @@ class Runtime:
             except ProcessLookupError:
                 pass
         wait_for(lambda: not self.daemons(), what="daemons to exit")
+
+
+@contextlib.contextmanager
+def private_runtime(project: Path):
+    """A Runtime in a fresh, short /tmp root; its daemons stopped and the root removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="ho", dir="/tmp"))  # short: unix socket paths stay under 108 bytes
+    runtime = Runtime(root, project)
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -47,7 +47,7 @@ def test_demo_with_missing_events_is_a_clear_error(tmp_path):
 def test_demo_with_a_bad_event_line_names_the_line(tmp_path):
     (tmp_path / "events.jsonl").write_text('{"hook_event_name": "Stop"}\n{nope\n')
     proc = hookopt("demo", "--project", str(tmp_path))
-    assert proc.returncode == 1 and f"events.jsonl:2: malformed JSON" in proc.stderr
+    assert proc.returncode == 1 and "events.jsonl:2: malformed JSON" in proc.stderr
 
 
 def test_config_shows_resolved_profile_and_sources(tmp_path):

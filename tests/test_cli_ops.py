@@ -4,12 +4,10 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import ROOT, Runtime, pre_event, wait_for
+from tests.daemon_helpers import ROOT, pre_event, private_runtime, wait_for
 from tests.test_installer import EXAMPLE, IGNORED
 
 
@@ -17,10 +15,8 @@ from tests.test_installer import EXAMPLE, IGNORED
 def rt(tmp_path):
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project, ignore=IGNORED)
-    runtime = Runtime(Path(tempfile.mkdtemp(prefix="hc", dir="/tmp")), project)
-    yield runtime
-    runtime.stop()
-    shutil.rmtree(runtime.root, ignore_errors=True)
+    with private_runtime(project) as runtime:
+        yield runtime
 
 
 def hookopt(rt, *args):

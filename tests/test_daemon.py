@@ -7,27 +7,21 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_helpers import ROOT, Runtime, post_event, pre_event, wait_for
+from tests.daemon_helpers import private_runtime, ROOT, post_event, pre_event, wait_for
 
 
 @pytest.fixture
 def rt(tmp_path):
-    # A short private root: unix socket paths must stay under 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="ho", dir="/tmp"))
     project = tmp_path / "project"
     project.mkdir()
-    runtime = Runtime(root, project)
-    yield runtime
-    runtime.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with private_runtime(project) as runtime:
+        yield runtime
 
 
 def decision(proc):

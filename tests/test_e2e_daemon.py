@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_helpers import ROOT, Runtime, wait_for
+from tests.daemon_helpers import ROOT, private_runtime, wait_for
 
 pytestmark = pytest.mark.claude
 
@@ -39,7 +37,6 @@ def hook(script):
 
 @pytest.fixture
 def rt(tmp_path):
-    root = Path(tempfile.mkdtemp(prefix="he", dir="/tmp"))
     project = tmp_path / "project"
     (project / ".claude").mkdir(parents=True)
     (project / "src").mkdir()
@@ -53,10 +50,8 @@ def rt(tmp_path):
         }
     }
     (project / ".claude" / "settings.json").write_text(json.dumps(settings))
-    runtime = Runtime(root, project)
-    yield runtime
-    runtime.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with private_runtime(project) as runtime:
+        yield runtime
 
 
 def session_env(rt, **extra):

@@ -6,14 +6,12 @@ import json
 import posix
 import shutil
 import sqlite3
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from modules.optimization.installer import install, uninstall
-from tests.daemon_helpers import Runtime
+from tests.daemon_helpers import private_runtime
 from tests.test_installer import IGNORED, snapshot
 
 pytestmark = pytest.mark.claude
@@ -37,13 +35,10 @@ def calls(project):
 
 @pytest.fixture
 def rt(tmp_path):
-    root = Path(tempfile.mkdtemp(prefix="hi", dir="/tmp"))
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project, ignore=IGNORED)
-    runtime = Runtime(root, project)
-    yield runtime
-    runtime.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with private_runtime(project) as runtime:
+        yield runtime
 
 
 def records(project, ids):

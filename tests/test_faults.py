@@ -52,7 +52,7 @@ from modules.optimization.protocol import (
 )
 from modules.optimization.validators import pre_tool_use
 from modules.optimization.validators.pre_tool_use import BUILTIN_PRE
-from tests.daemon_helpers import ROOT, Runtime, post_event, pre_event, wait_for
+from tests.daemon_helpers import private_runtime, ROOT, post_event, pre_event, wait_for
 
 MODULES = ROOT / "modules" / "optimization"
 OFF = {"CLAUDE_HOOKS_OPTIMIZATION": "off"}  # the client answers in-process, as when no daemon can answer
@@ -61,14 +61,10 @@ NOT_RECORDED = b"event not recorded for the observers"
 
 @pytest.fixture
 def rt(tmp_path):
-    # A short private root: unix socket paths must stay under 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="hf", dir="/tmp"))
     project = tmp_path / "project"
     project.mkdir()
-    runtime = Runtime(root, project)
-    yield runtime
-    runtime.stop()
-    subprocess.run(["rm", "-rf", str(root)], check=False)
+    with private_runtime(project) as runtime:
+        yield runtime
 
 
 def state(rt):

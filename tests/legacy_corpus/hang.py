@@ -1,5 +1,4 @@
 import subprocess
-import sys
 import time
 
 child = subprocess.Popen(["sleep", "1000"])
