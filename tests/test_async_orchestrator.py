@@ -206,3 +206,14 @@ def test_a_shut_down_pool_gives_errors_not_a_crash() -> None:
     result = run(pool, [TaskSpec("late", lambda d: 1)])["late"]
     assert result.status == "error"
     assert "shutdown" in result.error
+
+
+def test_batch_mates_of_a_hung_task_still_get_their_own_results(pool: WorkerPool, gates: list[threading.Event]) -> None:
+    # Same priority, no dependencies: they share one pool submission; a hung one must not take the others down.
+    never = threading.Event()
+    gates.append(never)
+    specs = [TaskSpec("hung", lambda d: never.wait())] + [TaskSpec(f"quick{i}", lambda d, i=i: i) for i in range(4)]
+    results = run(pool, specs, deadline_s=1.0)
+    assert results["hung"].status == "timeout"
+    assert [results[f"quick{i}"].value for i in range(4)] == [0, 1, 2, 3]
+    assert all(results[f"quick{i}"].elapsed_s < 0.5 for i in range(4))  # answered, not held to the deadline

@@ -379,3 +379,12 @@ def test_adaptive_mode_switches_profile_from_observed_load_and_says_why(tmp_path
     finally:
         daemon.observers.close()
         daemon.engine.close()
+
+
+def test_observers_still_answered_after_a_reload(rt):
+    rt.start()
+    write_settings(rt.project, {"profile": "latency"})
+    wait_for(lambda: rt.status()["profile"] == "latency", what="the reload")
+    replies = [rt.hook(post_event(rt.project, "make lint", tool_use_id=f"r{i}"), script="post_tool_use") for i in range(3)]
+    assert all(r.returncode == 0 and not r.stderr for r in replies), [r.stderr for r in replies]
+    assert "has now run 3 times" in json.loads(replies[2].stdout)["hookSpecificOutput"]["additionalContext"]

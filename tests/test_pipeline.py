@@ -150,3 +150,41 @@ def test_then_and_plus_compose_new_pipelines(pool: WorkerPool) -> None:
 def test_the_default_executor_runs_stages() -> None:
     result = Pipeline([Stage("on_default", lambda ctx: {"thread": threading.current_thread().name})]).run({})
     assert result.context["thread"].startswith("hookopt-pipeline-")
+
+
+def test_run_async_awaits_coroutine_stages_and_threads_the_others(pool: WorkerPool) -> None:
+    import asyncio
+
+    loop_threads: list[bool] = []
+
+    async def on_loop(ctx: dict[str, Any]) -> dict[str, Any]:
+        loop_threads.append(threading.current_thread() is threading.main_thread())
+        return {"b": ctx["a"] + 1}
+
+    def on_thread(ctx: dict[str, Any]) -> dict[str, Any]:
+        loop_threads.append(threading.current_thread() is threading.main_thread())
+        return {"a": 1}
+
+    result = asyncio.run(Pipeline([Stage("first", on_thread), Stage("second", on_loop)]).run_async({}, executor=pool))
+    assert result.context == {"a": 1, "b": 2} and not result.aborted
+    assert loop_threads == [False, True]
+
+
+def test_run_async_times_out_and_aborts_on_a_required_stage(pool: WorkerPool, gates: list[threading.Event]) -> None:
+    import asyncio
+
+    never = threading.Event()
+    gates.append(never)
+
+    async def slow(ctx: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"late": True}
+
+    def stuck(ctx: dict[str, Any]) -> dict[str, Any]:
+        never.wait()
+        return {"late": True}
+
+    pipeline = Pipeline([Stage("slow", slow, timeout_s=0.05), Stage("stuck", stuck, timeout_s=0.05, required=True), Stage("after", lambda c: {"x": 1})])
+    result = asyncio.run(pipeline.run_async({}, executor=pool))
+    assert statuses(result) == {"slow": "timeout", "stuck": "timeout", "after": "skipped"}
+    assert result.aborted and "late" not in result.context

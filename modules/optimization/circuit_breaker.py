@@ -240,6 +240,11 @@ class BreakerBoard:
 
     def _feed(self, slot: _Slot, error: BaseException | None) -> None:
         if error is None:
+            # The common case, closed with no failure counted: pybreaker would only reset
+            # the counter to 0 and call listeners' no-op success(); skipping its call and
+            # lock saves a few microseconds per validator run.
+            if slot.storage.state == pybreaker.STATE_CLOSED and slot.storage.counter == 0 and len(slot.breaker.listeners) == 1:
+                return
             slot.breaker.call(_succeed)
             return
         slot.last_error = f"{type(error).__name__}: {error}"

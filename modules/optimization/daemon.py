@@ -49,6 +49,7 @@ EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE = 0, 0, 3, 4
 TOKEN_HEADER: Final = "x-hookopt-token"
 MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
+_RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
 _PEERCRED: Final = struct.Struct("3i")
 _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
@@ -124,13 +125,7 @@ class Daemon:
             self.state, batch_size=profile.batch_size, max_wait_s=profile.batch_wait_ms / 1000, fsync=False
         )
         self.observers.ingest_spool()
-        self.post = Pipeline(
-            [
-                Stage("record", self._record, timeout_s=5.0),
-                Stage("analyze", self._analyze, timeout_s=profile.deadline_ms / 1000),
-            ],
-            executor=self.engine.pool,
-        )
+        self.post = self._post_pipeline()
         self.sessions: set[int] = set()  # Claude Code pids seen; the daemon stays while one lives
         self.events = 0
         self.stop_event = asyncio.Event()
@@ -149,10 +144,18 @@ class Daemon:
     def _record(self, ctx: dict[str, Any]) -> dict[str, Any]:
         return {"seq": self.observers.record(ctx["event"])}
 
-    def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        # On the daemon's own loop: a fresh event loop per event (Engine.evaluate) costs more than the analysis.
-        future = asyncio.run_coroutine_threadsafe(self.engine.evaluate_async(ctx["event"]), ctx["loop"])
-        return {"result": future.result()}
+    async def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        # On the daemon's own loop: each thread hand-off costs more CPU than the analysis itself.
+        return {"result": await self.engine.evaluate_async(ctx["event"])}
+
+    def _post_pipeline(self) -> Pipeline:
+        """Observers: journal (on a pool thread, so a stalled disk costs its timeout, not the loop), then analyze."""
+        return Pipeline(
+            [
+                Stage("record", self._record, timeout_s=_RECORD_TIMEOUT_S),
+                Stage("analyze", self._analyze, timeout_s=self.settings.profile.deadline_ms / 1000),
+            ]
+        )
 
     async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
         """Evaluate one raw event: guards run at once; observers are journaled first."""
@@ -165,14 +168,15 @@ class Daemon:
             return HookResult(*bad_input(raw, exc))
         if event["hook_event_name"] in GUARDED_EVENTS:
             return await self.engine.evaluate_async(event)
-        outcome = await asyncio.to_thread(self.post.run, {"event": event, "loop": asyncio.get_running_loop()})
-        for stage in outcome.results:
+        # The engine's pool now, not the one at construction: a reload replaces the engine.
+        outcome = await self.post.run_async({"event": event}, executor=self.engine.pool)
+        record, analyze = outcome.results
+        for stage in (record, analyze):
             if not stage.ok:
                 log.error("%s stage %s: %s %s", event["hook_event_name"], stage.name, stage.status, stage.error)
                 self.monitor.fallback(f"{stage.name}_{stage.status}")
         result = outcome.context.get("result")
         result = result if isinstance(result, HookResult) else HookResult(0)
-        record = next(stage for stage in outcome.results if stage.name == "record")
         if record.status == "error":
             # Not journaled (state directory full or read-only): tell the user, never drop it silently.
             note = not_recorded(event, f"cannot journal it in {self.state}: {record.error}")
@@ -215,12 +219,19 @@ class Daemon:
             raise ProtocolError(f"unreadable frame header: {exc}") from None
         if not isinstance(header, dict) or header.get("v") != client.VERSION:
             raise ProtocolError(f"unsupported frame header {raw_header[:200]!r}")
-        sections: dict[str, bytes] = {}
+        lengths: list[int] = []
         for name in client.SECTIONS:
             length = header.get(name, 0)
             if not isinstance(length, int) or not 0 <= length <= _SECTION_LIMITS.get(name, 65536):
                 raise ProtocolError(f"frame section {name} of {length!r} bytes")
-            sections[name] = await reader.readexactly(length)
+            lengths.append(length)
+        # The sections follow one another: one read for all of them, then slices.
+        data = await reader.readexactly(sum(lengths))
+        sections: dict[str, bytes] = {}
+        offset = 0
+        for name, length in zip(client.SECTIONS, lengths):
+            sections[name] = data[offset : offset + length]
+            offset += length
         project = sections["project"].decode("utf-8", "surrogateescape")
         if project != str(self.project):
             return _reply_error(f"this daemon serves {self.project}, not {project}")
@@ -397,6 +408,7 @@ class Daemon:
         """Swap in an engine built for these settings; the old one finishes and saves its cache."""
         old, self.engine = self.engine, Engine(self.project, settings, monitor=self.monitor)
         self.settings = settings
+        self.post = self._post_pipeline()  # the analyze stage's timeout follows the profile
         self.monitor.set_profile(settings.profile.name, reason)
         self._write_timeout()
         old.close()

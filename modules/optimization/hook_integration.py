@@ -65,6 +65,7 @@ GUARDED_EVENTS = frozenset({"PreToolUse", "PermissionRequest"})
 F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
 log = logging.getLogger("hookopt.engine")
 _REGISTERED: list[Validator] = []
+_MATCHING_CACHE_SIZE = 1024
 
 
 def validator(
@@ -122,6 +123,8 @@ def _verdict_result(event_name: str, verdict: Verdict) -> HookResult:
 
 
 def _outcome_label(event_name: str, result: HookResult) -> str:
+    if result.exit_code == 0 and not result.stdout and not result.stderr:
+        return "pass"  # what interpret() makes of it, without the work
     outcome = interpret(event_name, result)
     if outcome.blocks:
         return "deny"
@@ -165,6 +168,9 @@ class Engine:
         )
         self.pool = WorkerPool.from_profile(profile)
         self.orchestrator = Orchestrator(self.pool)
+        # matching() by (event name, matcher subject): the validators are fixed for the
+        # engine's life, and matching them costs a regex split per validator per event.
+        self._matching: dict[tuple[str, str | None], list[Validator]] = {}
 
     def status_line(self) -> str:
         """One line on the optimizer's state, for the session's opening context."""
@@ -177,7 +183,13 @@ class Engine:
     def matching(self, event: Mapping[str, Any]) -> list[Validator]:
         """The validators that apply to this event."""
         name, subject = event["hook_event_name"], matcher_subject(event)
-        return [v for v in self.validators if name in v.events and matcher_matches(v.matcher, subject)]
+        found = self._matching.get((name, subject))
+        if found is None:
+            found = [v for v in self.validators if name in v.events and matcher_matches(v.matcher, subject)]
+            if len(self._matching) >= _MATCHING_CACHE_SIZE:
+                self._matching.clear()  # subjects come from events (tool names): keep it bounded
+            self._matching[(name, subject)] = found
+        return list(found)
 
     def _cache_key(self, v: Validator, event: Mapping[str, Any]) -> str | None:
         if not v.cacheable or event["hook_event_name"] not in TOOL_EVENTS:

@@ -74,6 +74,12 @@ class Monitor:
         self._fallbacks = Counter("hookopt_fallbacks", "Events evaluated by a fallback path, by reason.", ["reason"], registry=r)
         self._profile = Info("hookopt_profile", "The optimisation profile in use.", registry=r)
         self._profile_switches = Counter("hookopt_profile_switches", "Profile changes.", registry=r)
+        # Children by label values, with their window keys: prometheus' labels() costs a few
+        # microseconds per call (kwargs, a lock), paid for every event and validator run. It
+        # returns the same child each time (nothing here removes labels), so keep it. Plain
+        # dicts: a race only builds the same entry twice.
+        self._event_children: dict[tuple[str, str], tuple[Any, Any, str]] = {}
+        self._validator_children: dict[str, tuple[Any, str]] = {}
         # The prometheus objects are thread-safe; this lock guards only the plain state below,
         # which validator threads and the event loop both touch.
         self._lock = threading.Lock()
@@ -106,11 +112,19 @@ class Monitor:
 
     def observe_event(self, event: str, outcome: str, seconds: float) -> None:
         """Count one answered hook event and record how long it took."""
-        self._events.labels(event=event, outcome=outcome).inc()
-        self._event_latency.labels(event=event).observe(seconds)
+        children = self._event_children.get((event, outcome))
+        if children is None:
+            children = self._event_children[(event, outcome)] = (
+                self._events.labels(event=event, outcome=outcome),
+                self._event_latency.labels(event=event),
+                f"event:{event}",
+            )
+        count, latency, key = children
+        count.inc()
+        latency.observe(seconds)
         with self._lock:
             self._outcomes.setdefault(event, Tally())[outcome] += 1
-        self._record(f"event:{event}", seconds)
+        self._record(key, seconds)
 
     def observe_validator(self, name: str, seconds: float, status: str = "ok") -> None:
         """Record one validator run; any status but "ok" also counts as an error of that kind."""
@@ -119,8 +133,12 @@ class Monitor:
         # A skipped validator did not run, so its near-zero time would drag the percentiles down.
         if status == "skipped":
             return
-        self._validator_latency.labels(validator=name).observe(seconds)
-        self._record(f"validator:{name}", seconds)
+        children = self._validator_children.get(name)
+        if children is None:
+            children = self._validator_children[name] = (self._validator_latency.labels(validator=name), f"validator:{name}")
+        latency, key = children
+        latency.observe(seconds)
+        self._record(key, seconds)
 
     def cache_hit(self) -> None:
         """Count one cache hit."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from .hook_pool import WorkerPool
 from .parallel import TaskResult
@@ -29,10 +31,13 @@ def _default_executor() -> WorkerPool:
 
 @dataclass(frozen=True, slots=True)
 class Stage:
-    """One step: fn reads a copy of the context and returns updates to merge, or None."""
+    """One step: fn reads a copy of the context and returns updates to merge, or None.
+
+    fn may be a coroutine function; run_async awaits it on the loop instead of a thread.
+    """
 
     name: str
-    fn: Callable[[dict[str, Any]], dict[str, Any] | None]
+    fn: Callable[[dict[str, Any]], dict[str, Any] | None] | Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
     timeout_s: float = 1.0
     required: bool = False  # if it fails or times out, the pipeline stops
 
@@ -68,6 +73,11 @@ class Pipeline:
     def run(self, context: Mapping[str, Any]) -> PipelineResult:
         """Run every stage in order over a copy of context; never wait on a stage past its timeout."""
         executor = self._executor or _default_executor()
+        return self._fold(context, lambda stage, ctx: self._run_stage(executor, stage, ctx))
+
+    async def run_async(self, context: Mapping[str, Any], executor: Executor | None = None) -> PipelineResult:
+        """The same from an event loop: coroutine stages run on the loop, the others on executor."""
+        pool = executor or self._executor or _default_executor()
         ctx = dict(context)
         results: list[TaskResult] = []
         abort_reason = ""
@@ -75,13 +85,48 @@ class Pipeline:
             if abort_reason:
                 results.append(TaskResult(stage.name, "skipped", error=abort_reason))
                 continue
-            result = self._run_stage(executor, stage, ctx)
-            results.append(result)
-            if result.ok:
-                ctx.update(result.value or {})
-            elif stage.required:
-                abort_reason = f"required stage {stage.name!r} did not succeed ({result.status}: {result.error})"
+            result = await self._run_stage_async(pool, stage, ctx)
+            abort_reason = self._merge(stage, result, ctx, results)
         return PipelineResult(ctx, tuple(results), aborted=bool(abort_reason))
+
+    def _fold(self, context: Mapping[str, Any], run_stage: Callable[[Stage, dict[str, Any]], TaskResult]) -> PipelineResult:
+        ctx = dict(context)
+        results: list[TaskResult] = []
+        abort_reason = ""
+        for stage in self._stages:
+            if abort_reason:
+                results.append(TaskResult(stage.name, "skipped", error=abort_reason))
+                continue
+            abort_reason = self._merge(stage, run_stage(stage, ctx), ctx, results)
+        return PipelineResult(ctx, tuple(results), aborted=bool(abort_reason))
+
+    @staticmethod
+    def _merge(stage: Stage, result: TaskResult, ctx: dict[str, Any], results: list[TaskResult]) -> str:
+        """Record a stage's result, merge its updates; the abort reason if a required stage failed."""
+        results.append(result)
+        if result.ok:
+            ctx.update(result.value or {})
+            return ""
+        return f"required stage {stage.name!r} did not succeed ({result.status}: {result.error})" if stage.required else ""
+
+    @staticmethod
+    async def _run_stage_async(executor: Executor, stage: Stage, ctx: dict[str, Any]) -> TaskResult:
+        start = time.perf_counter()
+        if inspect.iscoroutinefunction(stage.fn):
+            step = cast(Awaitable[object], stage.fn(dict(ctx)))
+        else:
+            step = asyncio.get_running_loop().run_in_executor(executor, stage.fn, dict(ctx))
+        # asyncio.timeout cancels this very task: no extra task or waiter per stage.
+        timeout = asyncio.timeout(stage.timeout_s)
+        try:
+            async with timeout:
+                updates = await step
+        except Exception as exc:
+            elapsed = time.perf_counter() - start
+            if isinstance(exc, TimeoutError) and timeout.expired():  # a stage's own TimeoutError is an error
+                return TaskResult(stage.name, "timeout", error=f"no answer within {stage.timeout_s * 1000:.0f} ms", elapsed_s=elapsed)
+            return TaskResult(stage.name, "error", error=f"{type(exc).__name__}: {exc}", elapsed_s=elapsed)
+        return _checked(stage, updates, time.perf_counter() - start)
 
     @staticmethod
     def _run_stage(executor: Executor, stage: Stage, ctx: dict[str, Any]) -> TaskResult:
@@ -96,7 +141,11 @@ class Pipeline:
             return TaskResult(stage.name, "timeout", error=f"no answer within {stage.timeout_s * 1000:.0f} ms", elapsed_s=elapsed)
         if (exc := future.exception()) is not None:
             return TaskResult(stage.name, "error", error=f"{type(exc).__name__}: {exc}", elapsed_s=elapsed)
-        updates: object = future.result()  # user code: check what it really returned
-        if updates is not None and not isinstance(updates, Mapping):
-            return TaskResult(stage.name, "error", error=f"returned {type(updates).__name__}, expected a dict or None", elapsed_s=elapsed)
-        return TaskResult(stage.name, "ok", value=updates, elapsed_s=elapsed)
+        return _checked(stage, future.result(), elapsed)
+
+
+def _checked(stage: Stage, updates: object, elapsed: float) -> TaskResult:
+    """A stage's result, if it returned what a stage must (user code: check what it really did)."""
+    if updates is not None and not isinstance(updates, Mapping):
+        return TaskResult(stage.name, "error", error=f"returned {type(updates).__name__}, expected a dict or None", elapsed_s=elapsed)
+    return TaskResult(stage.name, "ok", value=updates, elapsed_s=elapsed)

@@ -245,6 +245,9 @@ def combine(event_name: str, results: list[HookResult]) -> HookResult:
         return HookResult(0)
     if len(results) == 1:
         return results[0]
+    # A silent success (exit 0, no output) reads as an empty Outcome, which adds nothing
+    # below: dropping it saves interpreting it, the common case for validators that pass.
+    live = [r for r in live if r.exit_code != 0 or r.stdout or r.stderr]
     outcomes = [interpret(event_name, r) for r in live]
     blocking = [o for o in outcomes if o.blocks]
     errors = _join(o.error for o in outcomes)
