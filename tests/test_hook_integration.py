@@ -280,3 +280,34 @@ def test_bad_validator_file_is_a_config_error_and_guards_fail_closed(project, co
     (project / ".claude" / "settings.json").write_text(json.dumps({"optimization": {"validators": ["checks.py"]}}))
     code, out, err = run(json.dumps(event(command="ls", project=project)).encode(), {"CLAUDE_PROJECT_DIR": str(project)})
     assert code == 2 and out == b"" and message in err and "checks.py" in err
+
+
+def hog(ev):
+    """Allocate far more than the worker's memory limit."""
+    blocks = [bytearray(64 * 1024 * 1024) for _ in range(64)]
+    return Verdict("allow", str(len(blocks)))
+
+
+def sized_check(ev):
+    return Verdict("deny", f"checked {len(ev['tool_input']['content'])} bytes")
+
+
+def test_isolated_validator_eating_memory_is_stopped_by_its_limit(project):
+    engine = make_engine(project, [Validator("hog", hog, isolated=True, cacheable=False)], worker_memory_mb=128, deadline_ms=10_000)
+    try:
+        for _ in range(2):  # and again: the pool replaced or kept its worker
+            outcome = decision(engine, event(command="ls", project=project))
+            assert outcome.decision == "deny" and "hog" in outcome.reason
+            assert "MemoryError" in outcome.reason or "killed" in outcome.reason
+    finally:
+        engine.close()
+
+
+def test_isolated_validator_gets_a_large_event_through_shared_memory(project):
+    engine = make_engine(project, [Validator("sized", sized_check, isolated=True, cacheable=False)], deadline_ms=10_000)
+    try:
+        big = event("Write", project=project, file_path=str(project / "big.txt"), content="x" * (2 << 20))
+        assert decision(engine, big).reason == f"checked {2 << 20} bytes"
+        assert engine._processes.stats()["shm_transfers"] == 1
+    finally:
+        engine.close()

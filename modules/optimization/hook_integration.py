@@ -8,20 +8,22 @@ fallback, so an event gets the same outcome either way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
+import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, TypeVar
 
+from .async_db import SPOOL_NAME, spool_event
 from .async_orchestrator import Orchestrator, TaskSpec
 from .cache import ValidatorCache, make_key
 from .circuit_breaker import BreakerBoard, Guarded
 from .hook_pool import WorkerPool
-from .async_db import SPOOL_NAME, spool_event
-from .stack import load_manifest, run_spawned
 from .integrated_optimizer import ConfigError, Settings, load_settings
 from .parallel import TaskResult
 from .paths import project_dir, state_dir
@@ -42,6 +44,8 @@ from .protocol import (
     parse_event,
     pre_tool_use_result,
 )
+from .stack import load_manifest, run_spawned
+from .subprocess_coordinator import ProcessCoordinator
 from .validators.base import PASS, Policy, Validator, Verdict
 from .validators.post_tool_use import builtin_post
 from .validators.pre_tool_use import BUILTIN_PRE
@@ -167,6 +171,8 @@ class Engine:
             on_state_change=monitor.breaker_changed if monitor else None,
         )
         self.pool = WorkerPool.from_profile(profile)
+        self._processes: ProcessCoordinator | None = None  # started by the first isolated validator
+        self._processes_lock = threading.Lock()
         self.orchestrator = Orchestrator(self.pool)
         # matching() by (event name, matcher subject): the validators are fixed for the
         # engine's life, and matching them costs a regex split per validator per event.
@@ -219,7 +225,26 @@ class Engine:
         return guarded.value
 
     def _guarded_task(self, v: Validator, event: Mapping[str, Any]) -> Callable[[dict[str, TaskResult]], Guarded]:
-        return lambda _deps: self.breakers.guarded(v.name, v.policy, lambda: v.fn(event))
+        check = functools.partial(self._run_isolated, v, event) if v.isolated else functools.partial(v.fn, event)
+        return lambda _deps: self.breakers.guarded(v.name, v.policy, check)
+
+    def _run_isolated(self, v: Validator, event: Mapping[str, Any]) -> Verdict:
+        """Run a validator in a limited worker process; a large event crosses in shared memory."""
+        with self._processes_lock:
+            if self._processes is None:
+                profile = self.settings.profile
+                self._processes = ProcessCoordinator(
+                    profile.process_workers,
+                    memory_limit_mb=profile.worker_memory_mb,
+                    cpu_limit_s=profile.worker_cpu_s,
+                    shm_threshold=profile.shm_threshold_bytes,
+                )
+            processes = self._processes
+        future = processes.submit(functools.partial(_call_isolated, v.fn), json.dumps(event).encode())
+        verdict = future.result(timeout=self.settings.profile.deadline_ms / 1000)
+        if not isinstance(verdict, Verdict):
+            raise TypeError(f"validator {v.name!r} returned {type(verdict).__name__}, not a Verdict")
+        return verdict
 
     async def evaluate_async(self, event: Mapping[str, Any]) -> HookResult:
         """Evaluate one parsed event and return the combined hook result."""
@@ -279,6 +304,13 @@ class Engine:
             log.warning("hookopt: validator cache not saved: %s", exc)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if self._processes is not None:
+                self._processes.close()
+
+
+def _call_isolated(fn: Callable[[Mapping[str, Any]], Verdict], payload: bytes) -> Verdict:
+    """In the worker process: decode the event and run the check."""
+    return fn(json.loads(payload))
 
 
 def bad_input(raw: bytes, error: Exception) -> tuple[int, bytes, bytes]:

@@ -46,3 +46,5 @@ class Validator:
     cacheable: bool = True
     priority: int = 0  # lower runs first: guards before observers
     depends_on: tuple[str, ...] = ()
+    # Run in a worker process under the profile's memory and CPU limits (a heavy or untrusted check).
+    isolated: bool = False
