@@ -1,7 +1,8 @@
 """The fork server ("zygote") that runs users' legacy Python hook scripts warm.
 
-Started by the USER'S interpreter as ``<python> [flags] forkserver.py FD`` with the
-daemon's end of a unix socketpair at fd FD, so it is standard-library only and runs
+Started by the USER'S interpreter as ``<python> [flags] forkserver.py FD [EXITS]`` with
+the daemon's end of a unix socketpair at fd FD (and the abstract name, without its
+leading NUL, of the daemon's datagram socket for exit reports), so it is standard-library only and runs
 on Python 3.8+. It imports what the hooks import once, then forks per event; each
 child turns itself into what ``python [flags] script.py args`` would have been (fds,
 cwd, environment, argv, sys.path[0], stdio, a fresh ``__main__``) and runs the file
@@ -10,13 +11,29 @@ pythonrun.c and Py_FinalizeEx do. When nothing the script left behind could noti
 (no finalisers, flushes that succeed) it skips tearing the heap down, which in a fork
 would copy every page; otherwise it lets the interpreter finalise for real.
 
+Per-run latency: forking (copying page tables) and the job-independent part of becoming
+a child (signals, setsid, closing the zygote's fds) happen ahead of time in "spares",
+forks that wait on a private socketpair for their job. The zygote passes each spare's
+socket to the daemon, which sends a run straight to it (no hop through the zygote);
+the zygote forks replacements only while no run is in flight, so the refill never
+competes with a hook for the CPU. A child that ends through the fast exit sends its
+status straight to the daemon's EXITS socket (the kernel vouches for its pid) and closes
+its stdio before _exit, so neither the status nor the EOFs wait for the kernel to tear
+its address space down, nor for us to reap it (we still report it then; the daemon
+keeps the first).
+
 Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
   -> {"op":"preload","id":N,"modules":[...]}
   <- {"id":N,"loaded":[...],"failed":[...],"refused":[...],"modules":[...],"env_read":{k:v},"files":{...}}
   -> {"op":"run","id":N,"script":S,"code_path":C,"argv":[...],"orig_argv":[...],"cwd":D,"env":[[k,v],...]}
      with 3 fds (stdin read end, stdout and stderr write ends) as SCM_RIGHTS
   <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
+  <- {"op":"spare","pid":P} with 1 fd: a fork waiting for a run frame (as above) on that socket
+  -> {"op":"took","id":N,"pid":P[,"run":{...}]}: the daemon gave run N to spare P (sent before the
+     frame reaches P); "run" is that frame's message when it differs from the last one we saw
+     <- {"id":N,"exit":X} later, as for a run
   -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
+A preload makes every spare handed out before it stale: the daemon closes them (they exit).
 On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
 own stdout and stderr at /dev/null: whatever the interpreter printed before that (a
 noisy sitecustomize, say) is the daemon's sign that warm runs could not be identical.
@@ -62,6 +79,12 @@ except Exception:  # an interpreter built without ctypes: the daemon spawns inst
     _HAVE_CTYPES = False
 
 _MAX_FDS = 64
+_MAX_SPARES = 4  # at most this many forks wait for work (one per hook an event runs at once)
+# Refill spares only after this long with no run in flight and nothing to read: forking
+# costs a core for a millisecond, which must not be taken from hooks still running or
+# from the daemon answering the event they belong to.
+_REFILL_IDLE_MS = 2
+_EXITS_ADDR = None  # the daemon's exit-report socket (bytes, abstract namespace), from our argv
 # The stdio a fresh interpreter builds for non-tty fds: (encoding, errors, line_buffering,
 # write_through, buffered). Our own fds 0-2 are pipes or /dev/null now, so ours match.
 _STDIO = [
@@ -131,15 +154,22 @@ def _global_state() -> "tuple[object, ...]":
 
 
 class _Zygote:
-    """Fork a child per run request; reap them; report pids and exit codes."""
+    """Fork children (per run request, or ahead as spares for the daemon); reap them; report pids and exit codes."""
 
     def __init__(self, fd: int) -> None:
         self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(True)
         self.buf = bytearray()
         self.fds: "list[int]" = []  # received with SCM_RIGHTS, three per run, in order
-        self.children: "dict[int, int]" = {}  # pid -> run id
+        self.children: "dict[int, int]" = {}  # pid -> run id, until reaped
         self.by_id: "dict[int, int]" = {}  # run id -> pid
+        self.spares: "set[int]" = set()  # spares the daemon holds and has not given a run yet
+        self.early_reaped: "dict[int, int]" = {}  # spares reaped before their "took" was read here
+        self.peak = 1  # most runs in flight at once so far: how many spares to keep
+        self.refilling = False  # forked a spare last time round: go on without waiting again
+        self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
+        self.main: "Any" = None  # in a spare: the fresh __main__ made ahead
+        self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -158,14 +188,24 @@ class _Zygote:
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
         while True:
-            for fd, _ in poller.poll():
+            timeout = None
+            if self.wants_spare():
+                timeout = 0 if self.refilling else _REFILL_IDLE_MS
+            events = poller.poll(timeout)
+            self.refilling = not events
+            if not events:
+                job = self.fork_spare()
+                if job is not None:
+                    return job
+                continue
+            for fd, _ in events:
                 if fd == self.wake_r:
                     self.drain_wakeups()
                     self.reap()
-                    continue
-                job = self.receive()
-                if job is not None:
-                    return job
+                else:
+                    job = self.receive()
+                    if job is not None:
+                        return job
 
     def drain_wakeups(self) -> None:
         try:
@@ -174,14 +214,20 @@ class _Zygote:
         except OSError:
             pass
 
+    def wants_spare(self) -> bool:
+        return _HAVE_CTYPES and len(self.spares) < self.peak and not self.children
+
     def reap(self) -> None:
-        while self.children:
+        while True:  # spares are children too: reap whatever has exited
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if pid in self.spares:
+                self.spares.discard(pid)  # unused (the daemon finds its socket closed), or "took" is on its way
+                self.early_reaped[pid] = _exit_code(status)
             rid = self.children.pop(pid, None)
             if rid is not None:
                 self.by_id.pop(rid, None)
@@ -191,10 +237,7 @@ class _Zygote:
         data, ancdata, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
         if not data:
             os._exit(0)  # the daemon is gone
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(cdata) - len(cdata) % 4
-                self.fds.extend(int.from_bytes(cdata[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
+        self.fds.extend(_received_fds(ancdata))
         self.buf += data
         while len(self.buf) >= 4:
             size = int.from_bytes(self.buf[:4], "big")
@@ -209,21 +252,36 @@ class _Zygote:
 
     def handle(self, msg: "dict[str, Any]") -> "tuple[dict[str, object], list[int]] | None":
         op = msg.get("op")
-        if op == "run":
+        if op == "run":  # the daemon had no spare left
             fds, self.fds = self.fds[:3], self.fds[3:]
+            self.started(int(msg["id"]), msg)
             # Everything alive now belongs to the zygote: the GC leaves it alone in the child
             # (fewer copied pages), and whatever the GC tracks in the child is the script's.
             gc.freeze()
             pid = os.fork()
             if pid == 0:
+                self.leave(keep=fds)
                 return msg, fds
             for fd in fds:
                 os.close(fd)
-            rid = int(msg["id"])
+            self.children[pid] = int(msg["id"])
+            self.by_id[int(msg["id"])] = pid
+            self.send({"id": msg["id"], "pid": pid})
+        elif op == "took":
+            # Registered before the spare can have its frame, so its exit report always finds it.
+            pid, rid = int(msg["pid"]), int(msg["id"])
+            self.spares.discard(pid)
+            self.started(rid, msg.get("run"))
+            if pid in self.early_reaped:  # it has come and gone already
+                self.send({"id": rid, "exit": self.early_reaped.pop(pid)})
+                return None
             self.children[pid] = rid
             self.by_id[rid] = pid
-            self.send({"id": rid, "pid": pid})
         elif op == "preload":
+            # The daemon has closed every spare it held: forked before these imports, they would
+            # run scripts without them. They exit on that EOF; reap() collects them.
+            self.spares.clear()
+            self.early_reaped.clear()  # every "took" sent before the preload has been read
             reply = self.preload([str(m) for m in msg.get("modules") or ()])
             reply["id"] = msg.get("id")
             self.send(reply)
@@ -234,6 +292,75 @@ class _Zygote:
         elif op == "stop":
             os._exit(0)
         return None
+
+    def started(self, rid: int, run: "dict[str, Any] | None") -> None:
+        self.peak = min(_MAX_SPARES, max(self.peak, len(self.children) + 1))
+        if run is not None:
+            self.last = run
+
+    # -- spares ---------------------------------------------------------------------
+
+    def fork_spare(self) -> "tuple[dict[str, object], list[int]] | None":
+        """Fork a child that waits for a run; return only in that child, once its job came."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        gc.freeze()  # as for a direct fork (see handle)
+        pid = os.fork()
+        if pid == 0:
+            ours.detach()  # leave() closes its fd; the object must not close that number again later
+            self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
+            self.main = _fresh_main()  # the same whatever the job
+            self.rehearse()
+            return _wait_for_job(theirs)
+        theirs.close()
+        frame = _frame({"op": "spare", "pid": pid})
+        try:
+            sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, ours.fileno().to_bytes(4, sys.byteorder, signed=True))])
+            if sent < len(frame):  # the fd travelled with the first byte
+                self.sock.sendall(frame[sent:])
+        finally:
+            ours.close()  # the daemon's copy is the only one: closing it ends the spare
+        self.spares.add(pid)
+        return None
+
+    def rehearse(self) -> None:
+        """In a spare: run the pure steps of the last job once, so the pages they write
+        (reference counts, allocator pools, the type cache) are copied from the zygote
+        now rather than, a page fault each, once the next job is waiting."""
+        if self.last is None:
+            return
+        try:
+            msg = json.loads(_frame(self.last)[4:].decode("utf-8", "surrogatepass"))
+            for path in (msg["script"], msg["code_path"]):
+                os.path.dirname(os.path.realpath(str(path)))
+        except Exception:
+            pass  # only a warm-up: the job does the real thing
+        for fd in (0, 1, 2):
+            # Built on our /dev/null and dropped at once (closefd=False: the fds stay as they are).
+            _stdio(fd, _STDIO[fd])
+        _finalizers_pending()
+
+    # -- becoming a child -------------------------------------------------------------
+
+    def leave(self, keep: "list[int]", env: "list[list[str]] | None" = None) -> None:
+        """In a fresh fork, drop what was the zygote's: its signal set-up, session, fds and environment.
+
+        env: the environment the next job most likely brings (hooks of one session share
+        one), applied now so that become_child has nothing to do when it is the same.
+        """
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, self.sigchld)
+        os.setsid()  # its own process group, so a timeout kills the script's children too
+        self.sock.detach()
+        for fd in _open_fds():
+            if fd > 2 and fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.environ.clear()  # the job brings the whole environment
+        if env is not None:
+            _set_environ(env)
+        self.applied_env = env
 
     def modules(self, baseline: "frozenset[str] | set[str]") -> "list[str]":
         """Top-level names of the modules we hold that a fresh interpreter would not."""
@@ -318,22 +445,17 @@ class _Zygote:
         return ok, noisy
 
     def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[int, bytes, bool]":
-        """Turn this fresh fork into the process ``python script args`` would be; return (FILE*, filename, is .pyc)."""
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, self.sigchld)
-        os.setsid()  # its own process group, so a timeout kills the script's children too
+        """Turn this fork (past leave()) into the process ``python script args`` would be; return (FILE*, filename, is .pyc)."""
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-        os.close(self.sock.detach())
-        for fd in _open_fds():
+        for fd in fds:
             if fd > 2:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                os.close(fd)
         os.chdir(str(msg["cwd"]))
-        os.environ.clear()
-        os.environ.update((str(k), str(v)) for k, v in msg["env"])
+        if msg["env"] != self.applied_env:
+            if self.applied_env is not None:
+                os.environ.clear()
+            _set_environ(msg["env"])
         if "time" in sys.modules and hasattr(sys.modules["time"], "tzset"):
             sys.modules["time"].tzset()  # TZ may differ from ours
         script = str(msg["script"])
@@ -350,7 +472,7 @@ class _Zygote:
         sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
         sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
         sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
-        sys.modules["__main__"] = _fresh_main()
+        sys.modules["__main__"] = self.main if self.main is not None else _fresh_main()
         code_path = str(msg["code_path"])
         if os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
@@ -436,6 +558,8 @@ def _exit_fast(status: int, interrupted: bool) -> None:
         # An unhandled ^C ends a fresh interpreter by SIGINT (exit_sigint() in main.c).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
+    else:
+        _report_exit(status & 0xFF)
     os._exit(status & 0xFF)
 
 
@@ -540,6 +664,49 @@ def _kill_group(pid: int) -> None:
             pass
 
 
+def _set_environ(env: "list[list[str]]") -> None:
+    """Fill the (empty) environment, in order: the same calls whether done ahead in a spare or now."""
+    os.environ.update((str(k), str(v)) for k, v in env)
+
+
+def _received_fds(ancdata: "list[tuple[int, int, bytes]]") -> "list[int]":
+    fds: "list[int]" = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(cdata) - len(cdata) % 4
+            fds.extend(int.from_bytes(cdata[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
+    return fds
+
+
+def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
+    """In a spare: read one run frame (and its fds) from the zygote, then close the channel."""
+    buf = bytearray()
+    fds: "list[int]" = []
+    while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+        data, ancdata, _, _ = chan.recvmsg(1 << 16, socket.CMSG_SPACE(_MAX_FDS * 4))
+        fds.extend(_received_fds(ancdata))
+        if not data:
+            os._exit(0)  # dropped (a preload, or the zygote is gone) before it got work
+        buf += data
+    chan.close()
+    return json.loads(bytes(buf[4:]).decode("utf-8", "surrogatepass")), fds
+
+
+def _report_exit(status: int) -> None:
+    """Tell the daemon our exit status, then close stdio, so neither waits for the kernel's teardown of us."""
+    if _EXITS_ADDR is not None:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                sock.sendto(bytes((status,)), _EXITS_ADDR)
+            finally:
+                sock.close()
+        except OSError:
+            pass  # the zygote reports it anyway when it reaps us
+    # What _exit would close anyway (other fds too, but these are the ones the daemon waits on).
+    os.closerange(0, 3)
+
+
 def _stdio(fd: int, cfg: "tuple[Any, Any, bool, bool, bool]") -> io.TextIOWrapper:
     """Build sys.stdin/stdout/stderr the way the interpreter's create_stdio does."""
     encoding, errors, line_buffering, write_through, buffered = cfg
@@ -575,6 +742,8 @@ if __name__ == "__main__":
     os.dup2(_devnull, 1)
     os.dup2(_devnull, 2)
     os.close(_devnull)
+    if len(sys.argv) > 2:
+        _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
     _fp, _filename, _pyc = _zygote.become_child(_job, _fds)

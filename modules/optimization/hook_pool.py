@@ -31,6 +31,7 @@ import re
 import shlex
 import signal
 import socket
+import struct
 import threading
 import time
 import tomllib
@@ -508,6 +509,15 @@ class ForkServer:
         self._futures: dict[tuple[int, str], asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._send_lock = asyncio.Lock()
+        # Forks the zygote made ahead, each waiting on a socket for one run frame: a run sent
+        # there skips the zygote (its wake-up, fork and the child's set-up) entirely.
+        self._spares: list[tuple[int, socket.socket]] = []
+        self._preloading = 0  # spares announced while a preload is under way predate it
+        self._primed: dict[str, Any] | None = None  # the last run (id aside) the zygote was shown
+        # Children send their exit status here just before they _exit (the zygote's report, once
+        # it has reaped them, comes a millisecond later; the first one wins).
+        self._exits: socket.socket | None = None
+        self._running: dict[int, int] = {}  # pid -> run id, for the exit reports
 
     @property
     def alive(self) -> bool:
@@ -521,14 +531,18 @@ class ForkServer:
         """Start the zygote and wait until it is ready; raise ForkServerUnavailable if it cannot be used."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
+        self._exits, exits_name = _exit_socket()
+        if self._exits is not None:
+            asyncio.get_running_loop().add_reader(self._exits.fileno(), self._read_exits)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()),
+                self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()), *exits_name,
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
             )  # fmt: skip
         except OSError as exc:
             ours.close()
+            self._close_exits()
             raise ForkServerUnavailable(f"cannot start {self.executable}: {exc}") from exc
         finally:
             theirs.close()
@@ -554,12 +568,16 @@ class ForkServer:
 
     async def preload(self, modules: Iterable[str], *, timeout_s: float = _START_TIMEOUT_S) -> list[str]:
         """Import modules in the zygote so children start with them; return those now loaded."""
+        self._drop_spares()  # forked before these imports: the zygote forks new ones after
+        self._preloading += 1
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await self._call({"op": "preload", "modules": list(modules)})
         except TimeoutError:
             self.tainted = True  # stuck in an import: it can serve nobody any more
             raise ForkServerUnavailable(f"preloading {list(modules)} took over {timeout_s} s") from None
+        finally:
+            self._preloading -= 1
         self.modules = set(reply.get("modules", ()))
         self.loaded.update(reply.get("loaded", ()))
         self.env_read.update(reply.get("env_read", {}))
@@ -596,7 +614,12 @@ class ForkServer:
             "env": list(env.items()),
         }
         try:
-            await self._send(msg, child)
+            pid = await self._hand_to_spare(msg, child)
+            if pid is None:
+                await self._send(msg, child)
+                self._primed = {k: v for k, v in msg.items() if k != "id"}
+            elif not pid_f.done():
+                pid_f.set_result(pid)
         except BaseException:
             _close(ours)
             self._forget(rid)
@@ -626,6 +649,8 @@ class ForkServer:
         finally:
             self.busy -= 1
             self._forget(rid)
+            if pid_f.done() and not pid_f.exception():
+                self._running.pop(pid_f.result(), None)
 
     async def wait_closed(self) -> None:
         """Wait until the zygote's end of the socket is gone."""
@@ -633,6 +658,8 @@ class ForkServer:
 
     async def close(self) -> None:
         """Stop the zygote (children already running finish on their own)."""
+        self._drop_spares()
+        self._close_exits()
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -687,36 +714,115 @@ class ForkServer:
         sock = self._sock
         if sock is None or self._closed.is_set():
             raise ForkServerUnavailable("fork server is not running")
-        data = _frame(msg)
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         async with self._send_lock:  # one message at a time; fds travel with its first byte
             try:
-                while True:
-                    try:
-                        sent = sock.sendmsg([data], ancillary)
-                        break
-                    except BlockingIOError:
-                        await _writable(sock.fileno())
-                if sent < len(data):
-                    await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
+                await _sendmsg(sock, _frame(msg), fds)
             except OSError as exc:
                 raise ForkServerUnavailable(f"fork server unreachable: {exc}") from exc
 
+    async def _hand_to_spare(self, msg: dict[str, Any], fds: Sequence[int]) -> int | None:
+        """Send a run straight to a spare fork; its pid, or None when no spare is left to take it."""
+        sock = self._sock
+        if sock is None or self._closed.is_set():
+            raise ForkServerUnavailable("fork server is not running")
+        data = _frame(msg)
+        # Under the send lock: the "took" that follows the frame reaches the zygote before any
+        # preload can, so it never mistakes a spare at work for one a preload made stale.
+        async with self._send_lock:
+            while self._spares:
+                pid, chan = self._spares.pop()
+                self._running[pid] = msg["id"]  # before it has the frame: its exit report may come at once
+                try:
+                    await _sendmsg(chan, data, fds)
+                except OSError:
+                    del self._running[pid]
+                    continue  # it died unused: try the next one
+                finally:
+                    chan.close()
+                took: dict[str, Any] = {"op": "took", "id": msg["id"], "pid": pid}
+                run = {k: v for k, v in msg.items() if k != "id"}
+                if run != self._primed:  # the zygote prepares its next spares with the last run's environment
+                    took["run"], self._primed = msg, run
+                try:
+                    await _sendmsg(sock, _frame(took), ())
+                except OSError:
+                    pass  # the run has started: as when the zygote dies mid-run, its exit is unknown
+                return pid
+        return None
+
+    def _read_exits(self) -> None:
+        """Exit statuses our runs' children sent just before their _exit (see forkserver._report_exit)."""
+        assert self._exits is not None
+        while True:
+            try:
+                data, ancdata, _, _ = self._exits.recvmsg(16, socket.CMSG_SPACE(_UCRED.size))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            pid = -1
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(cdata) >= _UCRED.size:
+                    pid = _UCRED.unpack(cdata[: _UCRED.size])[0]
+            # Anyone may write to an abstract socket: only a child running one of our runs counts
+            # (the kernel fills in the pid). One not known yet is reported by the zygote instead.
+            rid = self._running.get(pid)
+            if rid is not None and len(data) == 1:
+                fut = self._futures.get((rid, "exit"))
+                if fut is not None and not fut.done():
+                    fut.set_result(data[0])
+
+    def _close_exits(self) -> None:
+        if self._exits is not None:
+            asyncio.get_running_loop().remove_reader(self._exits.fileno())
+            self._exits.close()
+            self._exits = None
+
+    def _drop_spares(self) -> None:
+        for _, chan in self._spares:
+            chan.close()  # EOF: the spare exits and its zygote reaps it
+        self._spares.clear()
+
     async def _read_loop(self) -> None:
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
+        sock = self._sock
+        assert sock is not None
         buf = bytearray()
+        fds: list[int] = []  # received with frames, in order: one per "spare" frame
         try:
-            while chunk := await loop.sock_recv(self._sock, 1 << 16):
+            while True:
+                try:
+                    chunk, ancdata, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 16), _CMSG_CLOEXEC)
+                except (BlockingIOError, InterruptedError):
+                    await _readable(sock.fileno())
+                    continue
+                fds.extend(_received_fds(ancdata))
+                if not chunk:
+                    break
                 buf += chunk
                 while len(buf) >= 4 and len(buf) >= 4 + (size := int.from_bytes(buf[:4], "big")):
-                    self._dispatch(json.loads(buf[4 : 4 + size].decode("utf-8", "surrogatepass")))
+                    msg = json.loads(buf[4 : 4 + size].decode("utf-8", "surrogatepass"))
                     del buf[: 4 + size]
+                    if msg.get("op") == "spare":
+                        self._add_spare(int(msg["pid"]), fds.pop(0) if fds else -1)
+                    else:
+                        self._dispatch(msg)
         except OSError:
             pass
         finally:
+            _close(fds)
+            self._drop_spares()
             self._closed.set()
             self._fail_all()
+
+    def _add_spare(self, pid: int, fd: int) -> None:
+        if fd < 0:
+            return
+        chan = socket.socket(fileno=fd)
+        if self._preloading or self._closed.is_set():
+            chan.close()  # forked before the preload under way: it lacks those imports
+            return
+        chan.setblocking(False)
+        self._spares.append((pid, chan))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "ready":
@@ -724,6 +830,8 @@ class ForkServer:
             value: Any = msg
         elif "pid" in msg:
             key, value = (msg["id"], "pid"), msg["pid"]
+            if key in self._futures:
+                self._running[msg["pid"]] = msg["id"]
         elif "exit" in msg:
             key, value = (msg["id"], "exit"), msg["exit"]
         else:
@@ -731,6 +839,57 @@ class ForkServer:
         fut = self._futures.get(key)
         if fut is not None and not fut.done():
             fut.set_result(value)
+
+
+_CMSG_CLOEXEC: Final = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # spares' sockets must not leak into what we spawn
+_UCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _exit_socket() -> tuple[socket.socket | None, tuple[str, ...]]:
+    """A datagram socket for children's exit reports and its abstract name for the zygote's argv, or (None, ())."""
+    if not (hasattr(socket, "SO_PASSCRED") and hasattr(socket, "SCM_CREDENTIALS")):
+        return None, ()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"hookopt-exits-{os.getpid()}-{os.urandom(8).hex()}"  # abstract: no file to clean up
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the kernel tells us who sent each one
+        sock.bind(b"\0" + name.encode())
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        return None, ()
+    return sock, (name,)
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _sendmsg(sock: socket.socket, data: bytes, fds: Sequence[int]) -> None:
+    """Send one frame on a non-blocking socket; fds travel with its first byte."""
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    while True:
+        try:
+            sent = sock.sendmsg([data], ancillary)
+            break
+        except BlockingIOError:
+            await _writable(sock.fileno())
+    if sent < len(data):
+        await asyncio.get_running_loop().sock_sendall(sock, data[sent:])
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", cdata[: len(cdata) - len(cdata) % 4]))
+    return fds
 
 
 def _killpg(pid: int) -> None:
@@ -748,7 +907,7 @@ def _sh_vars(env: Mapping[str, str], cwd: str) -> dict[str, str]:
     shell = dict(env)
     pwd = env.get("PWD", "")
     try:
-        keep = pwd.startswith("/") and os.path.samestat(os.stat(pwd), os.stat(cwd))
+        keep = pwd.startswith("/") and os.path.samestat(os.stat(_consult(pwd)), os.stat(_consult(cwd)))
     except OSError:
         keep = False
     if not keep:
@@ -855,12 +1014,12 @@ def _which(name: str, env: Mapping[str, str], cwd: str) -> str | None:
     """The path sh would execute for a command word, or None if sh would not find an executable."""
     if "/" in name:
         path = os.path.join(cwd, name)
-        return name if os.path.isfile(path) and os.access(path, os.X_OK) else None
+        return name if os.path.isfile(_consult(path)) and os.access(path, os.X_OK) else None
     for folder in env.get("PATH", "").split(":"):
         if not folder.startswith("/"):
             continue  # relative PATH entries: rare, and sh's handling varies
         path = os.path.join(folder, name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        if os.path.isfile(_consult(path)) and os.access(path, os.X_OK):
             return path
     return None
 
@@ -894,7 +1053,7 @@ def _python_options(words: Sequence[str]) -> int:
 def _shebang(path: str) -> list[str] | None:
     """The interpreter and optional argument the kernel would use, or None without a usable shebang."""
     try:
-        with open(path, "rb") as f:
+        with open(_consult(path), "rb") as f:
             head = f.read(256)
     except OSError:
         return None
@@ -986,6 +1145,7 @@ class LegacyRunner:
         self._preloaded: dict[int, set[tuple[str, int, int]]] = {}
         self._refused: dict[tuple[Any, ...], set[str]] = {}
         self._imports: dict[tuple[str, int, int], tuple[str, ...]] = {}  # per script version
+        self._plans: dict[tuple[Any, ...], tuple[Plan, tuple[tuple[str, Any], ...]]] = {}  # with what they read
         self._signals: dict[int, tuple[int, bytes]] = {}
         self._unusable: dict[tuple[Any, ...], float] = {}  # zygotes that would not start: spawn until then
         self._lock = asyncio.Lock()
@@ -1010,15 +1170,33 @@ class LegacyRunner:
     # -- planning -------------------------------------------------------------------
 
     def plan(self, command: str, env: Mapping[str, str], cwd: str) -> Plan:
-        """Decide how command runs; spawn unless it is certainly `python [options] script.py [args]`."""
+        """Decide how command runs; spawn unless it is certainly `python [options] script.py [args]`.
+
+        Planning reads a dozen files and directories; a plan is reused while every one of
+        them stats the same (identity, size, mode, mtime and ctime; missing ones still missing).
+        """
+        key = (command, cwd, tuple(env.items()))
+        cached = self._plans.get(key)
+        if cached is not None and all(_signature(path) == sig for path, sig in cached[1]):
+            return cached[0]
+        _planning.paths = []
         try:
-            return self._plan(command, env, cwd)
+            plan = self._plan(command, env, cwd)
         except _SpawnInstead as why:
-            return Plan(False, str(why))
+            plan = Plan(False, str(why))
+        finally:
+            paths, _planning.paths = _planning.paths, None
+        if paths is not None and None not in paths:
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = (plan, tuple((path, _signature(path)) for path in dict.fromkeys(paths) if path is not None))
+        return plan
 
     def _plan(self, command: str, env: Mapping[str, str], cwd: str) -> Plan:
         if env.get("PYTHONINSPECT"):
             raise _SpawnInstead("PYTHONINSPECT: python would go interactive after the script")
+        if "PWD" in command:
+            _consult(None)  # $PWD may be sh's realpath of cwd: no stat of one file vouches for every link on the way
         words = _sh_words(command, _sh_vars(env, cwd))
         replaces_shell = words[:1] == ["exec"]
         if replaces_shell:
@@ -1068,7 +1246,7 @@ class LegacyRunner:
         self, script: str, argv: Sequence[str], cwd: str, *, interpreter: str, launcher: tuple[str, ...], flags: tuple[str, ...], requires: tuple[str, ...] = ()
     ) -> Plan:
         path = os.path.join(cwd, script)
-        if not os.path.isfile(path):
+        if not os.path.isfile(_consult(path)):
             raise _SpawnInstead(f"{script}: no such file (python's own error is spawned)")
         if zipfile.is_zipfile(path):
             raise _SpawnInstead(f"{script} is a zip application")
@@ -1077,7 +1255,7 @@ class LegacyRunner:
         code_path, reason = os.path.abspath(path), "python script"
         if STUB_MARKER in head:
             code_path, reason = code_path + ".original", "stub of a python script"
-            if not os.path.isfile(code_path):
+            if not os.path.isfile(_consult(code_path)):
                 raise _SpawnInstead(f"stub {script} has no .original")
         return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags, requires)
 
@@ -1098,7 +1276,7 @@ class LegacyRunner:
         if not rest or rest[0].startswith("-") or not (explicit or rest[0].endswith(".py")):
             raise _SpawnInstead("uv: options other than --script")
         try:
-            with open(os.path.join(cwd, rest[0]), encoding="utf-8") as f:
+            with open(_consult(os.path.join(cwd, rest[0])), encoding="utf-8") as f:
                 meta = _pep723(f.read()) or {}
         except (OSError, UnicodeDecodeError) as exc:
             raise _SpawnInstead(f"uv: cannot read {rest[0]}: {exc}") from None
@@ -1309,6 +1487,33 @@ class LegacyRunner:
         for _, server in list(self._servers):
             await server.close()
         self._servers.clear()
+
+
+_P = TypeVar("_P", str, None)
+
+
+class _Planning(threading.local):
+    paths: list[str | None] | None = None  # what the plan being made has read (None: cannot be reused)
+
+
+_planning = _Planning()
+_MAX_PLANS: Final = 512
+
+
+def _consult(path: _P) -> _P:
+    """Note that planning depends on this file (None: on something a stat cannot vouch for)."""
+    if _planning.paths is not None:
+        _planning.paths.append(path)
+    return path
+
+
+def _signature(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    # ctime moves with every write, chmod, chown or rename onto it; mtime alone can be set back.
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _mtime(path: str) -> int:
