@@ -28,12 +28,12 @@ Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
   -> {"op":"run","id":N,"script":S,"code_path":C,"argv":[...],"orig_argv":[...],"cwd":D,"env":[[k,v],...]}
      with 3 fds (stdin read end, stdout and stderr write ends) as SCM_RIGHTS
   <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
-  <- {"op":"spare","pid":P} with 1 fd: a fork waiting for a run frame (as above) on that socket
+  <- {"op":"spare","pid":P,"gen":G} with 1 fd: a fork waiting for a run frame (as above) on that
+     socket, made after G preloads (the daemon closes it if it has sent more: it lacks their imports)
   -> {"op":"took","id":N,"pid":P[,"run":{...}]}: the daemon gave run N to spare P (sent before the
      frame reaches P); "run" is that frame's message when it differs from the last one we saw
      <- {"id":N,"exit":X} later, as for a run
   -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
-A preload makes every spare handed out before it stale: the daemon closes them (they exit).
 On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
 own stdout and stderr at /dev/null: whatever the interpreter printed before that (a
 noisy sitecustomize, say) is the daemon's sign that warm runs could not be identical.
@@ -165,6 +165,7 @@ class _Zygote:
         self.by_id: "dict[int, int]" = {}  # run id -> pid
         self.spares: "set[int]" = set()  # spares the daemon holds and has not given a run yet
         self.early_reaped: "dict[int, int]" = {}  # spares reaped before their "took" was read here
+        self.generation = 0  # preloads done: spares made before the last one lack its imports
         self.peak = 1  # most runs in flight at once so far: how many spares to keep
         self.refilling = False  # forked a spare last time round: go on without waiting again
         self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
@@ -268,7 +269,7 @@ class _Zygote:
             self.by_id[int(msg["id"])] = pid
             self.send({"id": msg["id"], "pid": pid})
         elif op == "took":
-            # Registered before the spare can have its frame, so its exit report always finds it.
+            # Sent right after the frame: a quick script may have ended, and been reaped, already.
             pid, rid = int(msg["pid"]), int(msg["id"])
             self.spares.discard(pid)
             self.started(rid, msg.get("run"))
@@ -282,6 +283,7 @@ class _Zygote:
             # run scripts without them. They exit on that EOF; reap() collects them.
             self.spares.clear()
             self.early_reaped.clear()  # every "took" sent before the preload has been read
+            self.generation += 1
             reply = self.preload([str(m) for m in msg.get("modules") or ()])
             reply["id"] = msg.get("id")
             self.send(reply)
@@ -312,7 +314,7 @@ class _Zygote:
             self.rehearse()
             return _wait_for_job(theirs)
         theirs.close()
-        frame = _frame({"op": "spare", "pid": pid})
+        frame = _frame({"op": "spare", "pid": pid, "gen": self.generation})
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, ours.fileno().to_bytes(4, sys.byteorder, signed=True))])
             if sent < len(frame):  # the fd travelled with the first byte
@@ -335,7 +337,8 @@ class _Zygote:
         except Exception:
             pass  # only a warm-up: the job does the real thing
         for fd in (0, 1, 2):
-            # Built on our /dev/null and dropped at once (closefd=False: the fds stay as they are).
+            # Built on our /dev/null and dropped at once (closefd=False: the fds stay as they are;
+            # nothing is buffered, so nothing is written).
             _stdio(fd, _STDIO[fd])
         _finalizers_pending()
 
@@ -679,7 +682,7 @@ def _received_fds(ancdata: "list[tuple[int, int, bytes]]") -> "list[int]":
 
 
 def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
-    """In a spare: read one run frame (and its fds) from the zygote, then close the channel."""
+    """In a spare: read one run frame (and its fds) from the daemon, then close the channel."""
     buf = bytearray()
     fds: "list[int]" = []
     while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):

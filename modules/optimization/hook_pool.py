@@ -8,7 +8,9 @@ imported what the script imports; anything else is spawned through /bin/sh.
 
 Known differences of a warm run (tests/test_legacy.py checks everything else byte for
 byte): its parent is the zygote and it leads its own session (no controlling tty);
-/proc/self/cmdline names forkserver.py; the script runs one frame below ours (deeper
+/proc/self/cmdline names forkserver.py; it may have been forked (as a spare) well before
+the event, so its start time in /proc/self/stat is older; an audit hook the script adds sees our exit (gc.get_objects,
+and the socket that reports the exit status); the script runs one frame below ours (deeper
 stacks by one, recursion limit reached two calls sooner, a module-level warning with
 stacklevel=2 names forkserver.py instead of "sys:1"); gc.freeze() hides the zygote's
 objects from gc.get_objects(); every run of a zygote shares its hash seed; preloaded
@@ -512,7 +514,7 @@ class ForkServer:
         # Forks the zygote made ahead, each waiting on a socket for one run frame: a run sent
         # there skips the zygote (its wake-up, fork and the child's set-up) entirely.
         self._spares: list[tuple[int, socket.socket]] = []
-        self._preloading = 0  # spares announced while a preload is under way predate it
+        self._generation = 0  # preloads sent: a spare forked after fewer (its "gen") lacks their imports
         self._primed: dict[str, Any] | None = None  # the last run (id aside) the zygote was shown
         # Children send their exit status here just before they _exit (the zygote's report, once
         # it has reaped them, comes a millisecond later; the first one wins).
@@ -569,15 +571,13 @@ class ForkServer:
     async def preload(self, modules: Iterable[str], *, timeout_s: float = _START_TIMEOUT_S) -> list[str]:
         """Import modules in the zygote so children start with them; return those now loaded."""
         self._drop_spares()  # forked before these imports: the zygote forks new ones after
-        self._preloading += 1
+        self._generation += 1
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await self._call({"op": "preload", "modules": list(modules)})
         except TimeoutError:
             self.tainted = True  # stuck in an import: it can serve nobody any more
             raise ForkServerUnavailable(f"preloading {list(modules)} took over {timeout_s} s") from None
-        finally:
-            self._preloading -= 1
         self.modules = set(reply.get("modules", ()))
         self.loaded.update(reply.get("loaded", ()))
         self.env_read.update(reply.get("env_read", {}))
@@ -803,7 +803,7 @@ class ForkServer:
                     msg = json.loads(buf[4 : 4 + size].decode("utf-8", "surrogatepass"))
                     del buf[: 4 + size]
                     if msg.get("op") == "spare":
-                        self._add_spare(int(msg["pid"]), fds.pop(0) if fds else -1)
+                        self._add_spare(int(msg["pid"]), int(msg.get("gen", -1)), fds.pop(0) if fds else -1)
                     else:
                         self._dispatch(msg)
         except OSError:
@@ -814,12 +814,12 @@ class ForkServer:
             self._closed.set()
             self._fail_all()
 
-    def _add_spare(self, pid: int, fd: int) -> None:
+    def _add_spare(self, pid: int, generation: int, fd: int) -> None:
         if fd < 0:
             return
         chan = socket.socket(fileno=fd)
-        if self._preloading or self._closed.is_set():
-            chan.close()  # forked before the preload under way: it lacks those imports
+        if generation != self._generation or self._closed.is_set():
+            chan.close()  # forked before a preload we have sent: it lacks those imports
             return
         chan.setblocking(False)
         self._spares.append((pid, chan))
