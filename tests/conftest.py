@@ -1,8 +1,8 @@
-"""Fixtures for end-to-end tests that drive the real Claude Code CLI (see tests/claude_harness.py)."""
+"""Shared fixtures: a project with a private daemon runtime, and the real Claude Code CLI (see tests/claude_harness.py)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from tests.claude_harness import (
     find_or_install_claude,
     run_session,
 )
+from tests.daemon_helpers import Runtime, private_runtime
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[1] / "examples" / "project"
 
@@ -54,3 +55,15 @@ def claude_session(claude_cli: Path, claude_home: Path) -> Callable[..., Session
         return run_session(claude_cli, project_dir, calls, **kwargs)
 
     return run
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[Runtime]:
+    """An empty project and a private runtime dir for its daemon (stopped afterwards).
+
+    Test modules that need a different project override this fixture.
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    with private_runtime(project) as runtime:
+        yield runtime

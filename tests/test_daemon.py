@@ -13,15 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_helpers import private_runtime, ROOT, post_event, pre_event, wait_for
-
-
-@pytest.fixture
-def rt(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    with private_runtime(project) as runtime:
-        yield runtime
+from tests.daemon_helpers import ROOT, post_event, pre_event, wait_for
 
 
 def decision(proc):

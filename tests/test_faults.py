@@ -52,19 +52,11 @@ from modules.optimization.protocol import (
 )
 from modules.optimization.validators import pre_tool_use
 from modules.optimization.validators.pre_tool_use import BUILTIN_PRE
-from tests.daemon_helpers import private_runtime, ROOT, post_event, pre_event, wait_for
+from tests.daemon_helpers import ROOT, post_event, pre_event, wait_for
 
 MODULES = ROOT / "modules" / "optimization"
 OFF = {"CLAUDE_HOOKS_OPTIMIZATION": "off"}  # the client answers in-process, as when no daemon can answer
 NOT_RECORDED = b"event not recorded for the observers"
-
-
-@pytest.fixture
-def rt(tmp_path):
-    project = tmp_path / "project"
-    project.mkdir()
-    with private_runtime(project) as runtime:
-        yield runtime
 
 
 def state(rt):

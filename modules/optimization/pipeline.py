@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Generator, Mapping
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, cast
@@ -73,23 +73,27 @@ class Pipeline:
     def run(self, context: Mapping[str, Any]) -> PipelineResult:
         """Run every stage in order over a copy of context; never wait on a stage past its timeout."""
         executor = self._executor or _default_executor()
-        return self._fold(context, lambda stage, ctx: self._run_stage(executor, stage, ctx))
+        steps = self._steps(context)
+        try:
+            stage, ctx = next(steps)
+            while True:
+                stage, ctx = steps.send(self._run_stage(executor, stage, ctx))
+        except StopIteration as done:
+            return cast(PipelineResult, done.value)
 
     async def run_async(self, context: Mapping[str, Any], executor: Executor | None = None) -> PipelineResult:
         """The same from an event loop: coroutine stages run on the loop, the others on executor."""
         pool = executor or self._executor or _default_executor()
-        ctx = dict(context)
-        results: list[TaskResult] = []
-        abort_reason = ""
-        for stage in self._stages:
-            if abort_reason:
-                results.append(TaskResult(stage.name, "skipped", error=abort_reason))
-                continue
-            result = await self._run_stage_async(pool, stage, ctx)
-            abort_reason = self._merge(stage, result, ctx, results)
-        return PipelineResult(ctx, tuple(results), aborted=bool(abort_reason))
+        steps = self._steps(context)
+        try:
+            stage, ctx = next(steps)
+            while True:
+                stage, ctx = steps.send(await self._run_stage_async(pool, stage, ctx))
+        except StopIteration as done:
+            return cast(PipelineResult, done.value)
 
-    def _fold(self, context: Mapping[str, Any], run_stage: Callable[[Stage, dict[str, Any]], TaskResult]) -> PipelineResult:
+    def _steps(self, context: Mapping[str, Any]) -> Generator[tuple[Stage, dict[str, Any]], TaskResult, PipelineResult]:
+        """The fold over the stages, shared by run and run_async: yields each stage to run, gets its result."""
         ctx = dict(context)
         results: list[TaskResult] = []
         abort_reason = ""
@@ -97,7 +101,7 @@ class Pipeline:
             if abort_reason:
                 results.append(TaskResult(stage.name, "skipped", error=abort_reason))
                 continue
-            abort_reason = self._merge(stage, run_stage(stage, ctx), ctx, results)
+            abort_reason = self._merge(stage, (yield stage, ctx), ctx, results)
         return PipelineResult(ctx, tuple(results), aborted=bool(abort_reason))
 
     @staticmethod
