@@ -278,6 +278,10 @@ def cmd_doctor(project: Path) -> int:
     return EXIT_FINDINGS
 
 
+def _project_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hookopt",
@@ -312,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="timed passes over the events after one warm-up pass (default: 3)")
     bench.add_argument("--chart", type=Path, default=Path("hookopt-bench.png"), help="where to write the PNG chart (default: ./hookopt-bench.png)")
     config = sub.add_parser("config", help="print the resolved settings", description="Print the settings in force for a project and where they came from.")
-    config.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(config)
 
     inst = sub.add_parser(
         "install",
@@ -324,7 +328,7 @@ def _parser() -> argparse.ArgumentParser:
         "settings.json that is not valid JSON, or a symlink leading out of the project. Exit 0 on success "
         "(also when already installed), 1 on refusal.",
     )
-    inst.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(inst)
     inst.add_argument("--profile", choices=PROFILE_NAMES, help="profile to write into the project's settings")
     inst.add_argument(
         "--transport", choices=("command", "http"), default="command",
@@ -342,14 +346,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Restore each NAME.original over its stub and settings.json from its backup. Refuses "
         "(exit 1, nothing changed) if a stub or settings.json changed since install, unless --force.",
     )
-    uninst.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(uninst)
     uninst.add_argument("--force", action="store_true", help="restore even if files changed since install")
     status = sub.add_parser(
         "status",
         help="daemon, profile, pool, cache hit rate, breakers, p50/p95 per hook",
         description="Ask the project's daemon how it is doing. Exit 0 when it runs, 3 when it does not.",
     )
-    status.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(status)
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     prof = sub.add_parser(
         "profile",
@@ -359,14 +363,14 @@ def _parser() -> argparse.ArgumentParser:
         "reloads within a second.",
     )
     prof.add_argument("name", nargs="?", choices=PROFILE_NAMES, help="profile to use")
-    prof.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(prof)
     doctor = sub.add_parser(
         "doctor",
         help="find version-manager shims, slow hooks and matchers that match nothing",
         description="Check a project's hooks. Exit 0 when nothing is wrong, 3 when it found problems "
         "(each printed as a line starting with '- '), 1 on error.",
     )
-    doctor.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
+    _project_option(doctor)
     return parser
 
 
