@@ -67,3 +67,10 @@ def rt(tmp_path: Path) -> Iterator[Runtime]:
     project.mkdir()
     with private_runtime(project) as runtime:
         yield runtime
+
+
+@pytest.fixture
+def example_rt(example_project: Path) -> Iterator[Runtime]:
+    """A fresh copy of examples/project with a private runtime dir for its daemon (stopped afterwards)."""
+    with private_runtime(example_project) as runtime:
+        yield runtime

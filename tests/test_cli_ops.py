@@ -1,22 +1,17 @@
 """hookopt status, profile and doctor against real projects and a real daemon."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.daemon_helpers import ROOT, pre_event, private_runtime, wait_for
-from tests.test_installer import EXAMPLE, IGNORED
+from tests.daemon_helpers import ROOT, pre_event, wait_for
 
 
 @pytest.fixture
-def rt(tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(EXAMPLE, project, ignore=IGNORED)
-    with private_runtime(project) as runtime:
-        yield runtime
+def rt(example_rt):
+    return example_rt  # the example project's seven hooks, with a private daemon runtime
 
 
 def hookopt(rt, *args):

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from modules.optimization.installer import install, uninstall
-from tests.daemon_helpers import private_runtime
-from tests.test_installer import IGNORED, snapshot
+from tests.test_installer import snapshot
 
 pytestmark = pytest.mark.claude
 
@@ -34,11 +33,8 @@ def calls(project):
 
 
 @pytest.fixture
-def rt(tmp_path):
-    project = tmp_path / "project"
-    shutil.copytree(EXAMPLE, project, ignore=IGNORED)
-    with private_runtime(project) as runtime:
-        yield runtime
+def rt(example_rt):
+    return example_rt  # the example project's seven hooks, with a private daemon runtime
 
 
 def records(project, ids):
