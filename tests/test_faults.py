@@ -537,6 +537,9 @@ def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catche
     @example(b"\x00\x00\x00\x02\xff\xfe")
     @example(b"\x00\x00\x10\x00" + b"[" * 4096)
     @example(b"\xff\xff\xff\xff")
+    # Found by this fuzzer: a NUL in a path section reached os.path.realpath as a ValueError.
+    @example(client.encode_request("legacy", project=str(daemon.project).encode(), script=b"hook.py\0"))
+    @example(client.encode_request("stack", project=str(daemon.project).encode(), cwd=b"/tmp\0x", body=b"{}"))
     def fuzz(data):
         async def answer():
             reader = asyncio.StreamReader()  # made on the running loop, as the server makes it

@@ -232,6 +232,9 @@ class Daemon:
         for name, length in zip(client.SECTIONS, lengths):
             sections[name] = data[offset : offset + length]
             offset += length
+        for name in ("project", "cwd", "script"):
+            if b"\0" in sections[name]:  # a path: the OS would refuse it deeper down, with a ValueError
+                raise ProtocolError(f"frame section {name} holds a NUL byte")
         project = sections["project"].decode("utf-8", "surrogateescape")
         if project != str(self.project):
             return _reply_error(f"this daemon serves {self.project}, not {project}")
