@@ -10,7 +10,6 @@ machine drift cancels, and every outcome must be identical.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 from . import client
-from .hook_pool import spawn
 from .installer import HOOKS_DIR, install
-from .protocol import HookResult, ProtocolError, combine, parse_event
-from .stack import select
+from .protocol import HookResult, ProtocolError, parse_event
+from .stack import run_spawned, select
 
 __all__ = ["BenchResult", "load_events", "run_bench"]
 
@@ -79,13 +77,7 @@ def _normal(result: HookResult, project: Path) -> tuple[int | None, bytes, bytes
 
 
 def _native(hooks: dict[str, Any], raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:
-    event = parse_event(raw)
-    selected = select(hooks, event)
-
-    async def run_all() -> list[HookResult]:
-        return list(await asyncio.gather(*(spawn(h.command, stdin=raw, env=env, cwd=str(cwd), timeout_s=h.timeout_s) for h in selected)))
-
-    return combine(event["hook_event_name"], asyncio.run(run_all())) if selected else HookResult(0)
+    return run_spawned(hooks, parse_event(raw), raw, env, str(cwd))
 
 
 def _optimized(raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:

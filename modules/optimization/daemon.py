@@ -38,8 +38,8 @@ from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
 from .hook_pool import LegacyRunner
-from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, combine, http_reply, parse_event
-from .stack import MANIFEST_NAME, StackHook, load_manifest, select
+from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
+from .stack import MANIFEST_NAME, StackHook, combine_selected, load_manifest, select
 
 __all__ = ["Daemon", "main"]
 
@@ -257,7 +257,9 @@ class Daemon:
             command = self.legacy_command(script, argv, cwd)
             if command is None:
                 return _reply_error(f"{script} is not an installed hook of {self.project}")
-            return _reply(await self.run_legacy([StackHook(command)], sections["body"], env, cwd))
+            # One stubbed hook: its own result, untouched, as if Claude Code had spawned it.
+            (result,) = await self.run_legacy([StackHook(command)], sections["body"], env, cwd)
+            return _reply(result)
         raise ProtocolError(f"unknown op {op!r}")
 
     # -- the project's own hooks, warm ----------------------------------------
@@ -270,9 +272,8 @@ class Daemon:
                 return shlex.join([entry["interpreter"], script, *argv])
         return None
 
-    async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
-        """Run hooks warm in parallel (as Claude Code runs them) and combine their outcomes."""
-        event_name = _event_name(raw)
+    async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
+        """Run hooks warm in parallel, as Claude Code runs them; their results in the same order."""
 
         async def one(hook: StackHook) -> HookResult:
             start = time.perf_counter()
@@ -281,10 +282,7 @@ class Daemon:
             self.monitor.observe_validator(f"hook:{hook.command[-60:]}", time.perf_counter() - start, status)
             return result
 
-        results = await asyncio.gather(*(one(h) for h in hooks))
-        if not results:
-            return HookResult(0)
-        return combine(event_name, list(results))
+        return list(await asyncio.gather(*(one(h) for h in hooks)))
 
     async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
         """Answer one event with the project's installed stack; observers journaled first."""
@@ -305,7 +303,8 @@ class Daemon:
                 log.error("%s event not recorded: %s", event["hook_event_name"], exc)
                 note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
         start = time.perf_counter()
-        result = await self.run_legacy(select(self.manifest.get("hooks") or {}, event), raw, env, cwd)
+        hooks = select(self.manifest.get("hooks") or {}, event)
+        result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
 

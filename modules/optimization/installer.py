@@ -29,7 +29,7 @@ from .hook_pool import STUB_MARKER
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .paths import state_dir
 from .protocol import matcher_matches
-from .stack import DEFAULT_TIMEOUT_S, MANIFEST_NAME, consolidated, load_manifest
+from .stack import DEFAULT_TIMEOUT_S, MANIFEST_NAME, consolidated, left_reason, load_manifest
 
 __all__ = ["STUB_MARKER", "InstallError", "install", "uninstall"]
 
@@ -209,27 +209,45 @@ def _client_hook(event: str, transport: Transport, python: str, endpoint: Mappin
 
 
 def consolidate(hooks: Mapping[str, Any], transport: Transport, python: str, endpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The hooks block with every synchronous command hook of an event behind one client."""
+    """The hooks block with every hook we reproduce exactly behind one client per event.
+
+    Hooks left to Claude Code (see ``left_hooks``) stay where they are, byte for byte.
+    """
     new: dict[str, Any] = {}
     events = list(hooks) + (["SessionStart"] if transport == "http" and "SessionStart" not in hooks else [])
     for event in events:
         kept, matchers, timeouts, has_matcher = [], [], [], False
         for group in hooks.get(event) or []:
-            moved = [h for h in group.get("hooks", []) if consolidated(group, h)]
-            rest = [h for h in group.get("hooks", []) if not consolidated(group, h)]
+            moved = [h for h in group.get("hooks", []) if consolidated(event, h)]
+            rest = [h for h in group.get("hooks", []) if not consolidated(event, h)]
             if moved:
                 matchers.append(group.get("matcher"))
                 has_matcher = has_matcher or "matcher" in group
-                timeouts += [float(h.get("timeout") or DEFAULT_TIMEOUT_S) for h in moved]
+                timeouts += [float(h.get("timeout", DEFAULT_TIMEOUT_S)) for h in moved]
             if rest:
-                kept.append({**group, "hooks": rest})
-        if matchers or event == "SessionStart" and transport == "http":
+                kept.append({**group, "hooks": rest} if moved else group)
+        if matchers:
             group = {"matcher": union_matcher(matchers)} if has_matcher else {}
             # The client waits for the slowest hook, plus a moment for the round trip.
-            group["hooks"] = [_client_hook(event, transport, python, endpoint, max(timeouts, default=60.0) + 5)]
+            group["hooks"] = [_client_hook(event, transport, python, endpoint, max(timeouts) + 5)]
             kept.insert(0, group)
+        elif event == "SessionStart" and transport == "http":
+            # A command hook that only brings the daemon up (it answers SessionStart with nothing).
+            kept.insert(0, {"hooks": [_client_hook(event, "command", python, endpoint, 65.0)]})
         new[event] = kept
     return new
+
+
+def left_hooks(hooks: Mapping[str, Any]) -> list[str]:
+    """A line for each hook a consolidated install leaves to Claude Code, and why."""
+    lines = []
+    for event, groups in hooks.items():
+        for group in groups if isinstance(groups, list) else []:
+            for hook in group.get("hooks", []) if isinstance(group, dict) else []:
+                if isinstance(hook, dict) and (why := left_reason(event, hook)):
+                    label = hook.get("command") or hook.get("url") or hook.get("prompt") or hook.get("type")
+                    lines.append(f"{event} {str(label)[:80]!r}: {why}")
+    return lines
 
 
 def _rewrite_commands(settings: dict[str, Any], plan: Plan) -> None:
@@ -307,6 +325,9 @@ def install(
     except ConfigError as exc:
         raise InstallError(str(exc)) from None
     _apply(plan, build_settings, {"transport": transport, "consolidate": consolidate_hooks, "profile": profile})
+    if consolidate_hooks:
+        for line in left_hooks(plan.settings.get("hooks") or {}):
+            say(f"left to Claude Code: {line}")
     say(
         f"hookopt installed in {project}: {len(plan.scripts)} script(s) kept as .original, "
         f"{'one client per event' if consolidate_hooks else 'each Python hook behind a stub'}, transport {transport}; "

@@ -187,10 +187,13 @@ def interpret(event_name: str, result: HookResult) -> Outcome:
         return Outcome(timed_out=True)
     if result.exit_code == BLOCK_EXIT:
         return Outcome(blocks=True, decision="deny" if event_name == "PreToolUse" else None, reason=_text(result.stderr).strip())
-    if result.exit_code != 0:
-        return Outcome(error=_text(result.stderr).strip() or f"exit code {result.exit_code}")
     data = _json_object(result.stdout)
+    # JSON on stdout is honoured whatever the exit code but 2: Claude Code 2.1.329 denies a
+    # call whose hook printed a JSON deny and then exited 1 (tests/conformance).
+    error = _text(result.stderr).strip() or f"exit code {result.exit_code}" if result.exit_code != 0 else ""
     if data is None:
+        if error:
+            return Outcome(error=error)
         plain = _text(result.stdout).strip()
         return Outcome(additional_context=plain if event_name in PLAIN_CONTEXT_EVENTS else "")
     specific = data.get("hookSpecificOutput")
@@ -223,6 +226,7 @@ def interpret(event_name: str, result: HookResult) -> Outcome:
         system_message=str(data.get("systemMessage") or ""),
         suppress_output=data.get("suppressOutput") is True,
         updated_input=updated if isinstance(updated, dict) else None,
+        error=error,
         extra=extra,
     )
 
@@ -363,10 +367,10 @@ def http_reply(event_name: str, result: HookResult) -> tuple[int, bytes]:
         if event_name in JSON_BLOCK_EVENTS:
             return 200, block_result(reason).stdout
         return 500, result.stderr
+    if _json_object(result.stdout) is not None:
+        return 200, result.stdout.strip()  # honoured whatever the exit code, as for command hooks
     if result.exit_code != 0:
         return 500, result.stderr
-    if _json_object(result.stdout) is not None:
-        return 200, result.stdout.strip()
     if event_name in PLAIN_CONTEXT_EVENTS and result.stdout.strip():
         return 200, context_result(event_name, _text(result.stdout).strip()).stdout
     return 200, b"{}"
