@@ -146,10 +146,12 @@ def python_script(command: str, project: Path) -> tuple[str, Path, str] | None:
     return interpreter, path, rest
 
 
-def _plan(project: Path, python: str) -> Plan:
+def _plan(project: Path, python: str, *, stubs: bool = True) -> Plan:
+    """What install will change. Without stubs (a consolidated install) scripts stay as they
+    are: the daemon runs them warm in place, and hooks left to Claude Code run untouched."""
     settings_path, raw, settings = _read_settings(project)
     plan = Plan(project, settings_path, raw, settings, claude_dir_existed=(project / ".claude").exists())
-    for _, _, hook in _command_hooks(settings):
+    for _, _, hook in _command_hooks(settings) if stubs else []:
         found = python_script(hook["command"], project)
         if found is None:
             continue
@@ -307,7 +309,7 @@ def install(
             f"{' (consolidated)' if existing.get('consolidate') else ''}; run `hookopt uninstall` first"
             " (or `hookopt profile NAME` to change only the profile)"
         )
-    plan = _plan(project, python)
+    plan = _plan(project, python, stubs=not consolidate_hooks)
 
     def build_settings() -> bytes:
         settings = json.loads(json.dumps(plan.settings))
@@ -328,9 +330,9 @@ def install(
     if consolidate_hooks:
         for line in left_hooks(plan.settings.get("hooks") or {}):
             say(f"left to Claude Code: {line}")
+    how = "one client per event, scripts untouched" if consolidate_hooks else f"{len(plan.scripts)} script(s) kept as .original behind stubs"
     say(
-        f"hookopt installed in {project}: {len(plan.scripts)} script(s) kept as .original, "
-        f"{'one client per event' if consolidate_hooks else 'each Python hook behind a stub'}, transport {transport}; "
+        f"hookopt installed in {project}: {how}, transport {transport}; "
         f"settings.json backed up to {state_dir(project) / BACKUP_NAME}"
     )
     return True
