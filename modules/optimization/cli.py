@@ -18,11 +18,12 @@ from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .protocol import ProtocolError, interpret, parse_event
+from .resources import shipped
 from .stack import load_manifest
 
 __all__ = ["main"]
 
-EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "project"
+EXAMPLE_PROJECT = shipped("example")
 RECORDED_ROOT = "/home/user/project"  # the project path recorded in example events
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FINDINGS = 0, 1, 2, 3, 3
