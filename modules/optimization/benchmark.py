@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, TextIO
 from . import client
 from .hook_pool import spawn
 from .installer import HOOKS_DIR, install
+from .performance_monitor import nearest_rank
 from .protocol import HookResult, ProtocolError, combine, parse_event
 from .stack import select
 
@@ -209,9 +210,8 @@ def stopped_daemon(project: Path, timeout_s: float = 15.0, *, clock: Callable[[]
 
 
 def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """The nearest-rank q-th percentile (q in percent), as `hookopt status` computes it."""
+    return nearest_rank(sorted(samples), q / 100)
 
 
 def rows(result: BenchResult) -> Iterator[tuple[str, dict[str, float], dict[str, float], float]]:

@@ -170,6 +170,13 @@ def cmd_uninstall(project: Path, force: bool) -> int:
     return EXIT_OK
 
 
+def _enabled_in_settings(project: Path) -> bool:
+    try:
+        return load_settings(project, os.environ).enabled
+    except ConfigError:
+        return True  # the daemon reports broken settings itself
+
+
 def cmd_status(project: Path, as_json: bool) -> int:
     """Show the daemon, profile, pool, cache, breakers and per-hook latency."""
     project = project.resolve()
@@ -184,7 +191,10 @@ def cmd_status(project: Path, as_json: bool) -> int:
     else:
         print("installed: no (hookopt install adds it over your hooks)")
     if status is None:
-        print("daemon: not running (the next hook event starts it)")
+        if not _enabled_in_settings(project):
+            print('daemon: not running: optimization is off ("enabled": false); the hooks run without it')
+        else:
+            print("daemon: not running (the next hook event starts it)")
         return EXIT_NOT_RUNNING
     pool, cache = status["pool"], status["cache"]
     print(f"daemon: running, pid {status['pid']}, up {status['uptime_s']:.0f} s, {status['events']} events")
