@@ -480,6 +480,8 @@ class Daemon:
             self._ingest_spool()
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
             self.monitor.set_queue_depth("observers", self.observers.stats()["pending"])
+            for name, state in self.engine.breakers.states().items():
+                self.monitor.set_breaker_state(name, state)
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
             if self.idle():

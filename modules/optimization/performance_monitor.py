@@ -169,6 +169,12 @@ class Monitor:
         with self._lock:
             self._breakers[name] = state
 
+    def set_breaker_state(self, name: str, state: str) -> None:
+        """Publish a breaker's current state (no transition counted): breakers that never changed show too."""
+        state = state.lower().replace("_", "-")
+        if state in BREAKER_LEVELS:
+            self._breaker_state.labels(validator=name).set(BREAKER_LEVELS[state])
+
     def observe_batch(self, size: int) -> None:
         """Record the size of one flushed batch."""
         self._batch_size.observe(size)
