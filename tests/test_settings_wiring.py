@@ -121,3 +121,21 @@ def test_nearest_rank_at_even_counts_and_float_edges():
     assert nearest_rank([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert nearest_rank([float(i) for i in range(1, 101)], 0.07) == 7.0  # 0.07 * 100 is not exactly 7
     assert benchmark.percentile([4.0, 3.0, 2.0, 1.0], 50) == 2.0
+
+
+def test_isolated_validator_from_a_project_file_runs_in_a_worker_process(rt):
+    (rt.project / ".claude").mkdir()
+    (rt.project / ".claude" / "validators.py").write_text(
+        "import os\n"
+        "from modules.optimization.hook_integration import validator\n"
+        "from modules.optimization.validators.base import Verdict\n\n"
+        "@validator(events=['PreToolUse'], matcher='Bash', isolated=True, cacheable=False)\n"
+        "def where(event):\n"
+        "    return Verdict('deny', f'checked in pid {os.getpid()}')\n"
+    )
+    set_optimization(rt.project, validators=[".claude/validators.py"])
+    daemon_pid = rt.start()["pid"]
+    proc = rt.hook(pre_event(rt.project, "echo hi"))
+    reason = json.loads(proc.stdout)["hookSpecificOutput"]["permissionDecisionReason"]
+    pid = int(reason.rsplit("checked in pid ", 1)[1].split()[0].strip(".;,)"))
+    assert pid > 0 and pid != daemon_pid  # not the daemon: one of its limited worker processes
