@@ -7,7 +7,11 @@ Standard library only: every import here is paid on every tool call.
 
 import sys
 
-sys.path[0] = sys.path[0].rpartition("/")[0]  # the repository root, instead of hooks/
+# Put the directory holding the modules package first instead of this one: the checkout
+# (ROOT/hooks/) or site-packages (SITE/modules/optimization/shipped/hooks/ in a wheel).
+_here = sys.path[0]
+_shipped = "/modules/optimization/shipped/hooks"
+sys.path[0] = _here[: -len(_shipped)] if _here.endswith(_shipped) else _here.rpartition("/")[0]
 from modules.optimization.client import main  # noqa: E402
 
 sys.exit(main())

@@ -2,6 +2,7 @@
 mismatch that must be caught."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,10 @@ from tests.test_installer import EXAMPLE, IGNORED, snapshot
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(project, tmp_path, *extra):
+def bench(project, tmp_path, *extra, env=None):
     return subprocess.run(
         [sys.executable, "-m", "modules.optimization.cli", "bench", "--project", str(project), "--rounds", "1", "--chart", str(tmp_path / "chart.png"), *extra],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
     )
 
 
@@ -55,3 +56,21 @@ def test_bench_without_matching_hooks_is_a_clear_error(tmp_path):
     (tmp_path / ".claude" / "settings.json").write_text(json.dumps({"hooks": {"Notification": [{"hooks": [{"type": "command", "command": "true"}]}]}}))
     proc = bench(tmp_path, tmp_path)
     assert proc.returncode == 1 and "no command hook" in proc.stderr and "matches any recorded event" in proc.stderr
+
+
+def test_bench_runs_back_to_back_and_leaves_no_daemon_behind(tmp_path):
+    """Each run stops its copy's daemon and waits for it to be gone before removing the copies."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project, ignore=IGNORED)
+    events = [line for line in (EXAMPLE / "events.jsonl").read_text().splitlines() if '"PreToolUse"' in line or '"PostToolUse"' in line]
+    (tmp_path / "few.jsonl").write_text("\n".join(events[:4]) + "\n")
+    scratch = tmp_path / "scratch"  # where the throw-away copies go
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "HOOKOPT_RUNTIME_DIR": str(tmp_path / "rt")}
+    for run in range(3):
+        proc = bench(project, tmp_path, "--events", str(tmp_path / "few.jsonl"), env=env)
+        assert proc.returncode == 0, (run, proc.stdout + proc.stderr)
+        assert "outcomes identical: yes" in proc.stdout
+        assert list(scratch.iterdir()) == [], run  # every copy removed, .claude included
+        daemons = subprocess.run(["pgrep", "-f", f"modules.optimization.daemon --project {scratch}"], capture_output=True, text=True)
+        assert daemons.stdout == "", run  # and its daemon gone before that

@@ -260,8 +260,10 @@ class ObserverLog:
         clock: Callable[[], float] = time.monotonic,
         fsync: bool = True,
         capacity: int = 10_000,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._on_batch = on_batch  # told the size of each batch written to SQLite
         self._state_dir = state_dir
         self._store = ObserverStore(state_dir / STORE_NAME)
         self._journal = Journal(state_dir / JOURNAL_NAME, fsync=fsync, first_seq=self._store.last_seq() + 1)
@@ -363,6 +365,8 @@ class ObserverLog:
     def _write(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         # Spilled items come back from JSON as lists; unpacking handles both.
         self._store.write_batch([(int(seq), record) for seq, record in batch])
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
 
     def _replay(self, chunk_size: int) -> int:
         chunk: list[tuple[int, dict[str, Any]]] = []

@@ -10,9 +10,12 @@ machine drift cancels, and every outcome must be identical.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from . import client
 from .installer import HOOKS_DIR, install
+from .performance_monitor import nearest_rank
 from .protocol import HookResult, ProtocolError, parse_event
 from .stack import run_spawned, select
 
@@ -108,48 +112,98 @@ def run_bench(
     if not any(select(hooks, parse_event(line.encode())) for line in lines):
         raise BenchError(f"no command hook in {settings} matches any recorded event; nothing to compare")
     result = BenchResult(events=len(lines))
-    with tempfile.TemporaryDirectory(prefix="hookopt-bench-") as tmp:
-        native_root = _copy(project, Path(tmp) / "native")
-        optimized_root = _copy(project, Path(tmp) / "optimized")
+    tmp = Path(tempfile.mkdtemp(prefix="hookopt-bench-"))
+    optimized_root = tmp / "optimized" / "project"
+    try:
+        native_root = _copy(project, tmp / "native")
+        _copy(project, optimized_root.parent)
         install(optimized_root, consolidate_hooks=True, say=lambda _: None)
         # Only events some hook matches run anything, natively or through the consolidated client.
         lines = [line for line in lines if select(hooks, parse_event(line.encode()))]
         result.idle = result.events - len(lines)
         native_env = {**os.environ, "CLAUDE_PROJECT_DIR": str(native_root)}
         optimized_env = {**os.environ, "CLAUDE_PROJECT_DIR": str(optimized_root)}
-        try:
-            total, done = len(lines) * (rounds + 1), 0
-            for round_no in range(rounds + 1):  # round 0 warms the daemon and its fork servers
-                for index, line in enumerate(lines):
-                    native_raw, optimized_raw = _rooted(line, native_root), _rooted(line, optimized_root)
-                    runs = [
-                        ("native", lambda: _native(hooks, native_raw, native_env, native_root)),
-                        ("optimized", lambda: _optimized(optimized_raw, optimized_env, optimized_root)),
-                    ]
-                    if (round_no + index) % 2:
-                        runs.reverse()  # alternate who goes first, so drift cancels
-                    outcome: dict[str, tuple[HookResult, float]] = {name: _timed(fn) for name, fn in runs}
-                    kind = parse_event(native_raw)["hook_event_name"]
-                    native_out = _normal(outcome["native"][0], native_root)
-                    optimized_out = _normal(outcome["optimized"][0], optimized_root)
-                    if native_out != optimized_out and round_no == 0:
-                        result.mismatches.append(f"event {index + 1} ({kind}): native {native_out!r} != optimized {optimized_out!r}")
-                    if round_no:
-                        result.native.setdefault(kind, []).append(outcome["native"][1])
-                        result.optimized.setdefault(kind, []).append(outcome["optimized"][1])
-                    done += 1
-                    if progress:
-                        progress(done, total)
-        finally:
-            frame = client.encode_request("stop", project=str(optimized_root).encode())
-            client.ask_daemon(str(optimized_root), frame, 5.0)
+        total, done = len(lines) * (rounds + 1), 0
+        for round_no in range(rounds + 1):  # round 0 warms the daemon and its fork servers
+            for index, line in enumerate(lines):
+                native_raw, optimized_raw = _rooted(line, native_root), _rooted(line, optimized_root)
+                runs = [
+                    ("native", lambda: _native(hooks, native_raw, native_env, native_root)),
+                    ("optimized", lambda: _optimized(optimized_raw, optimized_env, optimized_root)),
+                ]
+                if (round_no + index) % 2:
+                    runs.reverse()  # alternate who goes first, so drift cancels
+                outcome: dict[str, tuple[HookResult, float]] = {name: _timed(fn) for name, fn in runs}
+                kind = parse_event(native_raw)["hook_event_name"]
+                native_out = _normal(outcome["native"][0], native_root)
+                optimized_out = _normal(outcome["optimized"][0], optimized_root)
+                if native_out != optimized_out and round_no == 0:
+                    result.mismatches.append(f"event {index + 1} ({kind}): native {native_out!r} != optimized {optimized_out!r}")
+                if round_no:
+                    result.native.setdefault(kind, []).append(outcome["native"][1])
+                    result.optimized.setdefault(kind, []).append(outcome["optimized"][1])
+                done += 1
+                if progress:
+                    progress(done, total)
+    finally:
+        # Hold the daemon's lock while the copies are removed: a daemon still writing (or one
+        # a last client just spawned) would otherwise race the removal of its state dir.
+        with stopped_daemon(optimized_root):
+            shutil.rmtree(tmp)
     return result
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+@contextlib.contextmanager
+def stopped_daemon(project: Path, timeout_s: float = 15.0, *, clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Stop the project's daemon, wait until its process is gone, and keep it from restarting inside the block."""
+    key = str(project)
+    try:
+        pid: int | None = int(Path(client.runtime_path(key, ".pid")).read_text())
+    except (OSError, ValueError):
+        pid = None
+    client.ask_daemon(key, client.encode_request("stop", project=key.encode()), 5.0)
+    os.makedirs(client.runtime_dir(), mode=0o700, exist_ok=True)
+    fd = os.open(client.runtime_path(key, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline, killed = clock() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the daemon holds it for its whole life
+                if pid is None or not _alive(pid):
+                    break
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                pass
+            if clock() > deadline:
+                if killed or pid is None:
+                    raise BenchError(f"the daemon of {project} (pid {pid}) did not exit; its copy is left in place")
+                os.kill(pid, signal.SIGKILL)
+                killed, deadline = True, clock() + timeout_s
+            time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
 def percentile(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """The nearest-rank q-th percentile (q in percent), as `hookopt status` computes it."""
+    return nearest_rank(sorted(samples), q / 100)
 
 
 def rows(result: BenchResult) -> Iterator[tuple[str, dict[str, float], dict[str, float], float]]:

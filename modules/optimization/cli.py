@@ -11,18 +11,19 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import benchmark, client
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .protocol import ProtocolError, interpret, parse_event
+from .resources import shipped
 from .stack import load_manifest
 
 __all__ = ["main"]
 
-EXAMPLE_PROJECT = Path(__file__).resolve().parents[2] / "examples" / "project"
+EXAMPLE_PROJECT = shipped("example")
 RECORDED_ROOT = "/home/user/project"  # the project path recorded in example events
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_FINDINGS = 0, 1, 2, 3, 3
@@ -169,10 +170,21 @@ def cmd_uninstall(project: Path, force: bool) -> int:
     return EXIT_OK
 
 
-def cmd_status(project: Path, as_json: bool) -> int:
+def _enabled_in_settings(project: Path) -> bool:
+    try:
+        return load_settings(project, os.environ).enabled
+    except ConfigError:
+        return True  # the daemon reports broken settings itself
+
+
+_ASK = object()
+
+
+def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK) -> int:
     """Show the daemon, profile, pool, cache, breakers and per-hook latency."""
     project = project.resolve()
-    status = _daemon_status(project)
+    if status is _ASK:
+        status = _daemon_status(project)
     manifest = load_manifest(project)
     if as_json:
         print(json.dumps({"running": status is not None, "daemon": status, "installed": manifest is not None}, indent=2))
@@ -183,7 +195,10 @@ def cmd_status(project: Path, as_json: bool) -> int:
     else:
         print("installed: no (hookopt install adds it over your hooks)")
     if status is None:
-        print("daemon: not running (the next hook event starts it)")
+        if not _enabled_in_settings(project):
+            print('daemon: not running: optimization is off ("enabled": false); the hooks run without it')
+        else:
+            print("daemon: not running (the next hook event starts it)")
         return EXIT_NOT_RUNNING
     pool, cache = status["pool"], status["cache"]
     print(f"daemon: running, pid {status['pid']}, up {status['uptime_s']:.0f} s, {status['events']} events")
@@ -199,6 +214,39 @@ def cmd_status(project: Path, as_json: bool) -> int:
         for key, values in sorted(latency.items()):
             print(f"  {key[:40]:<40} {values.get('p50', 0):8.1f} {values.get('p95', 0):8.1f}")
     return EXIT_OK
+
+
+def cmd_status_watch(
+    project: Path, as_json: bool, interval_s: float, count: int | None, *, clock: Callable[[], float] = time.monotonic
+) -> int:
+    """Redraw the status every interval_s seconds, count times or until Ctrl-C; events/s between frames."""
+    project = project.resolve()
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not as_json else ""
+    code, frame = EXIT_NOT_RUNNING, 0
+    last: tuple[dict[str, Any] | None, float] | None = None
+    try:
+        while count is None or frame < count:
+            if frame:
+                time.sleep(interval_s)
+            frame += 1
+            status, now = _daemon_status(project), clock()
+            rate = None
+            if status is not None and last is not None and last[0] is not None and last[0]["pid"] == status["pid"]:
+                rate = (status["events"] - last[0]["events"]) / max(now - last[1], 1e-9)
+            last = (status, now)
+            if as_json:
+                print(json.dumps({"running": status is not None, "events_per_s": rate, "daemon": status}), flush=True)
+                code = EXIT_OK if status else EXIT_NOT_RUNNING
+                continue
+            sys.stdout.write(clear)
+            print(f"hookopt status of {project}, {time.strftime('%H:%M:%S')}, every {interval_s:g} s (Ctrl-C to stop)")
+            code = cmd_status(project, False, status=status)
+            if status is not None:
+                print("events/s: " + (f"{rate:.1f}" if rate is not None else "(from the next frame)"))
+            print(flush=True)
+    except KeyboardInterrupt:
+        pass  # the way to leave a live view: not an error
+    return code
 
 
 def cmd_profile(project: Path, name: str | None) -> int:
@@ -278,6 +326,26 @@ def cmd_doctor(project: Path) -> int:
     return EXIT_FINDINGS
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
 def _project_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
 
@@ -351,10 +419,24 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         help="daemon, profile, pool, cache hit rate, breakers, p50/p95 per hook",
-        description="Ask the project's daemon how it is doing. Exit 0 when it runs, 3 when it does not.",
+        description="Ask the project's daemon how it is doing. Exit 0 when it runs, 3 when it does not. "
+        "With --watch, redraw it every --interval seconds with the events per second since the last frame, "
+        "until Ctrl-C (or --count frames); the exit code is that of the last frame.",
     )
     _project_option(status)
-    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON (with --watch: one object a line)")
+    status.add_argument("--watch", action="store_true", help="keep redrawing the status, with events/s, until Ctrl-C")
+    status.add_argument("--interval", type=_positive_float, default=2.0, metavar="S", help="seconds between --watch frames (default: 2)")
+    status.add_argument("--count", type=_positive_int, metavar="N", help="with --watch, stop after N frames")
+    dash = sub.add_parser(
+        "dashboard",
+        help="print the Grafana dashboard for the daemon's /metrics",
+        description="Print the Grafana dashboard JSON shipped with hookopt (events/s, p50/p95 per event and per "
+        "hook, cache hit rate, breaker states, queue depths, batch sizes) for a Prometheus data source that "
+        "scrapes the daemon's /metrics (the port is metrics_port in PROJECT/.claude/hookopt/http.json). "
+        "Import it in Grafana: Dashboards > New > Import.",
+    )
+    dash.add_argument("--path", action="store_true", help="print where the file is instead of its content")
     prof = sub.add_parser(
         "profile",
         help="show or set the optimization profile",
@@ -391,7 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "uninstall":
             return cmd_uninstall(args.project, args.force)
         if args.command == "status":
+            if args.watch:
+                return cmd_status_watch(args.project, args.json, args.interval, args.count)
+            if args.count is not None:
+                raise CommandError("--count only applies with --watch")
             return cmd_status(args.project, args.json)
+        if args.command == "dashboard":
+            path = shipped("config", "dashboards", "hookopt.json")
+            print(path if args.path else path.read_text(encoding="utf-8"), end="\n" if args.path else "")
+            return EXIT_OK
         if args.command == "profile":
             return cmd_profile(args.project, args.name)
         if args.command == "doctor":

@@ -181,8 +181,23 @@ def fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
     return evaluate_bytes(raw, project)
 
 
-def _enabled() -> bool:
-    return posix.environ.get(b"CLAUDE_HOOKS_OPTIMIZATION", b"").lower() not in (b"0", b"false", b"no", b"off")
+DISABLED_SUFFIX = ".disabled"  # written by a daemon that found "enabled": false in the settings
+
+
+def _enabled(project: str) -> bool:
+    """Whether to use the daemon: not when $CLAUDE_HOOKS_OPTIMIZATION is false, nor while the
+    project's settings say "enabled": false (a daemon left a marker newer than the settings)."""
+    if posix.environ.get(b"CLAUDE_HOOKS_OPTIMIZATION", b"").lower() in (b"0", b"false", b"no", b"off"):
+        return False
+    try:
+        marked = posix.stat(runtime_path(project, DISABLED_SUFFIX)).st_mtime_ns
+    except OSError:
+        return True  # the usual case: one failed stat
+    try:
+        changed = posix.stat(project + "/.claude/settings.json").st_mtime_ns
+    except OSError:
+        return True
+    return changed > marked  # settings edited since: let a daemon read them again
 
 
 def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: bytes) -> int:
@@ -190,7 +205,7 @@ def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: b
     raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
     project = project_of(posix.environ)
     reply = None
-    if len(raw) <= MAX_EVENT_BYTES and _enabled():
+    if len(raw) <= MAX_EVENT_BYTES and _enabled(project):
         frame = encode_request(
             op,
             project=project.encode("utf-8", "surrogateescape"),

@@ -67,6 +67,17 @@ def ensure_runtime_dir() -> Path:
     return path
 
 
+def apply_debug(settings: Settings) -> None:
+    """Log at DEBUG (every request) when the settings say debug, else at INFO."""
+    logging.getLogger().setLevel(logging.DEBUG if settings.debug else logging.INFO)
+
+
+def mark_disabled(project: Path) -> None:
+    """Tell the project's clients that optimization is off (enabled: false): they run the
+    hooks without a daemon until the project's settings change."""
+    _write_private(Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)), "enabled: false\n")
+
+
 def _write_private(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -122,7 +133,8 @@ class Daemon:
         profile = settings.profile
         self.state = state_dir(project)
         self.observers = ObserverLog(
-            self.state, batch_size=profile.batch_size, max_wait_s=profile.batch_wait_ms / 1000, fsync=False
+            self.state, batch_size=profile.batch_size, max_wait_s=profile.batch_wait_ms / 1000, fsync=False,
+            on_batch=self.monitor.observe_batch,
         )
         self.observers.ingest_spool()
         self.post = self._post_pipeline()
@@ -239,6 +251,8 @@ class Daemon:
         if project != str(self.project):
             return _reply_error(f"this daemon serves {self.project}, not {project}")
         op = header.get("op")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request op=%s body=%d bytes cwd=%s", op, len(sections["body"]), sections["cwd"].decode("utf-8", "replace"))
         if op == "status":
             return _reply(HookResult(0, json.dumps(self.status()).encode()))
         if op == "stop":
@@ -399,6 +413,11 @@ class Daemon:
             log.error("install manifest unreadable, keeping the previous one: %s", exc)
         try:
             settings = load_settings(self.project, os.environ)
+            if not settings.enabled:
+                log.info("optimization disabled (enabled: false): stopping; hooks run without the daemon")
+                mark_disabled(self.project)
+                self.stop_event.set()
+                return True
             self._use(settings, "configuration reloaded")
         except ConfigError as exc:
             log.error("configuration changed but is invalid, keeping the previous one: %s", exc)
@@ -410,6 +429,7 @@ class Daemon:
         """Swap in an engine built for these settings; the old one finishes and saves its cache."""
         old, self.engine = self.engine, Engine(self.project, settings, monitor=self.monitor)
         self.settings = settings
+        apply_debug(settings)
         self.post = self._post_pipeline()  # the analyze stage's timeout follows the profile
         self.monitor.set_profile(settings.profile.name, reason)
         self._write_timeout()
@@ -458,6 +478,9 @@ class Daemon:
             self.reload_if_changed()
             self._ingest_spool()
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
+            self.monitor.set_queue_depth("observers", self.observers.stats()["pending"])
+            for name, state in self.engine.breakers.states().items():
+                self.monitor.set_breaker_state(name, state)
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
             if self.idle():
@@ -619,6 +642,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(process)d %(levelname)s %(message)s",
         )
         settings = load_settings(project, os.environ)
+        apply_debug(settings)
+        if not settings.enabled:
+            log.info("optimization disabled (enabled: false): not serving; hooks run without the daemon")
+            mark_disabled(project)
+            return EXIT_OK
+        Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)).unlink(missing_ok=True)
         daemon = Daemon(project, settings)
     except (ConfigError, OSError, sqlite3.Error) as exc:
         # A read-only or full state directory, or broken settings: say why once, and let

@@ -81,12 +81,19 @@ def validator(
     cacheable: bool = True,
     priority: int = 0,
     depends_on: Sequence[str] = (),
+    isolated: bool = False,
 ) -> Callable[[F], F]:
-    """Register a function (event -> Verdict) as a validator the engine runs."""
+    """Register a function (event -> Verdict) as a validator the engine runs.
+
+    isolated runs it in a worker process of the isolated-validator pool, under the
+    profile's memory and CPU limits (a heavy or untrusted check).
+    """
 
     def register(fn: F) -> F:
         _REGISTERED.append(
-            Validator(name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on))
+            Validator(
+                name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on), isolated
+            )
         )
         return fn
 

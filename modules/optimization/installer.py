@@ -29,14 +29,15 @@ from .hook_pool import STUB_MARKER
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .paths import state_dir
 from .protocol import matcher_matches
+from .resources import package_root, shipped
 from .stack import DEFAULT_TIMEOUT_S, MANIFEST_NAME, consolidated, left_reason, load_manifest
 
 __all__ = ["STUB_MARKER", "InstallError", "install", "uninstall"]
 
 Transport = Literal["command", "http"]
 BACKUP_NAME: Final = "settings.json.backup"
-ROOT: Final = Path(__file__).resolve().parents[2]
-HOOKS_DIR: Final = ROOT / "hooks"
+ROOT: Final = package_root()  # where the stubs import the client from: the checkout or site-packages
+HOOKS_DIR: Final = shipped("hooks")
 # `python3 script.py`, `/usr/bin/env python3 script.py`, `/abs/python3.11 script.py ...`
 _PYTHON_COMMAND: Final = re.compile(r"\s*(?:(?:/usr)?/bin/env\s+)?((?:\S*/)?python[0-9.]*)\s+(?!-)(.*)", re.S)
 _PLAIN_MATCHER: Final = re.compile(r"[A-Za-z0-9_ ,|-]*")

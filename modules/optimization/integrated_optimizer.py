@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping
 
+from .resources import shipped
+
 __all__ = [
     "DEFAULTS_PATH",
     "PROFILE_NAMES",
@@ -26,7 +28,7 @@ __all__ = [
     "load_settings",
 ]
 
-DEFAULTS_PATH: Final = Path(__file__).resolve().parents[2] / "config" / "settings.json"
+DEFAULTS_PATH: Final = shipped("config", "settings.json")
 PROFILE_NAMES: Final = ("latency", "throughput", "balanced", "resource_constrained")
 _TRUE: Final = {"1", "true", "yes", "on"}
 _FALSE: Final = {"0", "false", "no", "off"}

@@ -13,12 +13,12 @@ import threading
 import time
 from collections import Counter as Tally
 from collections import deque
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, start_http_server
 
-__all__ = ["BREAKER_LEVELS", "LATENCY_BUCKETS", "Monitor"]
+__all__ = ["BREAKER_LEVELS", "LATENCY_BUCKETS", "Monitor", "nearest_rank"]
 
 # 0.1 ms (a cache hit) up to 5 s (a slow legacy hook); Claude Code's own timeouts are far longer.
 LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -30,9 +30,15 @@ ANOMALY_MARGIN_MS: Final = 50.0
 _MAX_NOTES: Final = 50
 
 
-def _rank(ordered: list[float], q: float) -> float:
-    """Return the nearest-rank q-quantile of an already sorted, non-empty list."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """Return the nearest-rank q-quantile (0 < q <= 1) of an already sorted, non-empty sequence.
+
+    The smallest value with at least q of the samples at or below it: for an even count
+    the p50 is the lower middle value, never an average. `hookopt status` and `hookopt
+    bench` both use this one definition.
+    """
+    # round(): 0.07 * 100 is 7.000000000000001 in binary floating point, whose ceil is 8.
+    return ordered[max(0, math.ceil(round(q * len(ordered), 9)) - 1)]
 
 
 class Monitor:
@@ -101,7 +107,7 @@ class Monitor:
             # The bar is at least p50 + the margin, so anything under the margin cannot clear it:
             # that skips sorting the window for nearly every observation.
             if ms > ANOMALY_MARGIN_MS and len(samples) >= ANOMALY_MIN_SAMPLES:
-                p50 = _rank(sorted(samples), 0.50)
+                p50 = nearest_rank(sorted(samples), 0.50)
                 if ms > max(ANOMALY_RATIO * p50, p50 + ANOMALY_MARGIN_MS):
                     ratio = f"{ms / p50:.1f}x" if p50 > 0 else "far above"
                     kind, _, name = key.partition(":")
@@ -163,6 +169,12 @@ class Monitor:
         with self._lock:
             self._breakers[name] = state
 
+    def set_breaker_state(self, name: str, state: str) -> None:
+        """Publish a breaker's current state (no transition counted): breakers that never changed show too."""
+        state = state.lower().replace("_", "-")
+        if state in BREAKER_LEVELS:
+            self._breaker_state.labels(validator=name).set(BREAKER_LEVELS[state])
+
     def observe_batch(self, size: int) -> None:
         """Record the size of one flushed batch."""
         self._batch_size.observe(size)
@@ -190,7 +202,7 @@ class Monitor:
             ordered = sorted(self._samples.get(key, ()))
         if not ordered:
             return {}
-        return {"p50": _rank(ordered, 0.50), "p95": _rank(ordered, 0.95), "p99": _rank(ordered, 0.99)}
+        return {"p50": nearest_rank(ordered, 0.50), "p95": nearest_rank(ordered, 0.95), "p99": nearest_rank(ordered, 0.99)}
 
     def anomalies(self) -> list[str]:
         """Return the most recent anomaly notes, oldest first."""
