@@ -405,8 +405,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     inst.add_argument(
         "--consolidate", action="store_true",
-        help="run all of an event's command hooks through one client; the daemon applies the matchers "
-        "and combines the outcomes exactly as Claude Code would",
+        help="run each PreToolUse/PostToolUse/PostToolUseFailure event's plain command hooks through one "
+        "client; the daemon applies the matchers, runs the scripts warm in place and answers with what Claude "
+        "Code would show for them. Hooks it cannot reproduce exactly (if, async, args, other events...) are "
+        "left to Claude Code, and listed",
     )
     uninst = sub.add_parser(
         "uninstall",
