@@ -50,6 +50,12 @@ class Case:
     either: tuple[tuple[str, ...], ...] = ()
     # Files a session creates, removed before each session so every run starts alike.
     cleanup: tuple[str, ...] = ()
+    # Texts the native transcript must hold: proof that the case's hooks really ran.
+    expect: tuple[str, ...] = ()
+    # How many main-loop requests the native session makes, when a hook ends it early.
+    requests: int | None = None
+    # Whether the session has the MCP server of mcp_server.py, as "srv" (tool mcp__srv__echo).
+    mcp: bool = False
 
 
 def _scenarios(event: str, table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -81,8 +87,6 @@ PRE_MULTI = {
     "deny-and-exit2": {"A": {"out": pre("deny", "A denies")}, "C": {"exit": 2, "err": "C blocks too\n"}},
     "exit1deny-and-ok": {"A": {"exit": 1, "out": pre("deny", "A denies on exit 1")}, "C": {}},
     "two-deny": {"A": {"out": pre("deny", "A denies")}, "C": {"out": pre("deny", "C denies")}},
-    "ask-allow": {"A": {"out": pre("ask", "A asks")}, "C": {"out": pre("allow", "C allows")}},
-    "allow-defer": {"A": {"out": pre("allow", "A allows")}, "C": {"out": pre("defer", "C defers")}},
     "allow-deny": {"A": {"out": pre("allow", "A allows")}, "C": {"out": pre("deny", "C denies")}},
     "two-ctx": {"A": {"out": ctx("PreToolUse", "context from A")}, "C": {"out": ctx("PreToolUse", "context from C")}},
     "ctx-and-deny": {"A": {"out": ctx("PreToolUse", "context from A")}, "C": {"out": pre("deny", "C denies")}},
@@ -97,6 +101,9 @@ PRE_MULTI = {
     "sysmsg-two": {"A": {"out": json.dumps({"systemMessage": "note from A"})}, "C": {"out": json.dumps({"systemMessage": "note from C"})}},
     "suppress": {"A": {"out": json.dumps({"suppressOutput": True, "systemMessage": "quiet"})}},
 }
+# In headless mode "ask" and "defer" end the session after that call: one case each.
+PRE_ASK = {"ask-allow": {"A": {"out": pre("ask", "A asks")}, "C": {"out": pre("allow", "C allows")}}}
+PRE_DEFER = {"allow-defer": {"A": {"out": pre("allow", "A allows")}, "C": {"out": pre("defer", "C defers")}}}
 PRE_STOP = {
     "continue-false": {"A": {"out": json.dumps({"continue": False, "stopReason": "A halts the session"})}, "C": {"out": ctx("PreToolUse", "context from C")}},
 }
@@ -107,6 +114,7 @@ CASES = [
         {"PreToolUse": [{"matcher": "Bash", "hooks": [py("A"), sh("C")]}]},
         _scenarios("PreToolUse", PRE_SINGLE),
         [bash(tag) for tag in PRE_SINGLE],
+        expect=("A denies on exit 1", "A denies on exit 3", "[<hook>]: A blocks", "ctx on exit 1"),
     ),
     Case(
         "pre-multi",
@@ -117,13 +125,30 @@ CASES = [
             # (hook commands read "<hook>" by then)
             ("PreToolUse:Bash hook error: [<hook>]: A blocks", "PreToolUse:Bash hook error: [<hook>]: C blocks"),
             ("PreToolUse:Bash hook error: A denies", "PreToolUse:Bash hook error: [<hook>]: C blocks too\n", "PreToolUse:Bash hook error: C denies"),
+            ("from A", "from C"),  # two hooks' updatedInput: Claude Code runs one of them
         ),
+        expect=("context from A", "context from C", "rewritten", "quiet rewrite"),
     ),
     Case(
         "pre-continue-false",
         {"PreToolUse": [{"matcher": "Bash", "hooks": [py("A"), sh("C")]}]},
         _scenarios("PreToolUse", PRE_STOP),
         [bash("continue-false"), bash("none")],
+        requests=1,  # the hook's continue: false ends the session at its first call
+    ),
+    Case(
+        "pre-ask",
+        {"PreToolUse": [{"matcher": "Bash", "hooks": [py("A"), sh("C")]}]},
+        _scenarios("PreToolUse", PRE_ASK),
+        [bash("ask-allow"), bash("none")],
+        expect=("A asks",),
+    ),
+    Case(
+        "pre-defer",
+        {"PreToolUse": [{"matcher": "Bash", "hooks": [py("A"), sh("C")]}]},
+        _scenarios("PreToolUse", PRE_DEFER),
+        [bash("allow-defer"), bash("none")],
+        requests=1,  # defer, in headless mode, ends the session at that call
     ),
 ]
 
@@ -157,6 +182,7 @@ CASES += [
         [bash(tag) for tag in POST if tag != "stop"]
         + [bash(tag, "exit 3") for tag in FAILURE]
         + [bash("stop"), bash("none")],
+        expect=("post context C", "A blocks on exit 1", "failure context A", "A on failure"),
     ),
     Case(
         "session",
@@ -179,12 +205,14 @@ CASES += [
         },
         [bash("none")],
         prompt="conformance session #S=prompt",
+        expect=("plain context from A at start", "UserPromptSubmit hook success: plain prompt context from A", "Stop hook feedback:\nA wants one more step"),
     ),
     Case(
         "prompt-block",
         {"UserPromptSubmit": [{"hooks": [py("A"), sh("C")]}]},
         {"UserPromptSubmit:*": {"A": {"exit": 2, "err": "A refuses the prompt"}, "C": {"out": "C context"}}},
         [bash("none")],
+        expect=("A refuses the prompt",),
     ),
     Case(
         "fields",
@@ -217,6 +245,7 @@ CASES += [
         }),
         [bash("rm", "rm -f /tmp/hookopt-conformance-none"), bash("not-rm"), bash("slow"), bash("status"),
          bash("async"), bash("unknown-field"), bash("shell"), bash("args"), bash("rewake"), bash("once"), bash("once")],
+        expect=("A guards rm", "X blocks via args", "R wakes Claude", "once context"),
     ),
     Case(
         "matchers",
@@ -225,7 +254,9 @@ CASES += [
                 {"matcher": "Bash", "hooks": [py("E")]},
                 {"matcher": "Read|Write", "hooks": [py("L")]},
                 {"matcher": "^(Ba|Re).*", "hooks": [sh("G")]},
-                {"matcher": "mcp__server__.*", "hooks": [py("M")]},
+                {"matcher": "mcp__srv__.*", "hooks": [py("M")]},
+                {"matcher": "mcp__srv__echo", "hooks": [sh("K")]},
+                {"matcher": "mcp__other__.*", "hooks": [py("O")]},
                 {"matcher": "*", "hooks": [py("S")]},
                 {"matcher": "", "hooks": [py("N")]},
                 {"hooks": [py("P")]},
@@ -233,11 +264,14 @@ CASES += [
             ],
         },
         {
-            f"PreToolUse:{tag}": {name: {"out": ctx("PreToolUse", f"{name} matched")} for name in "ELGMSNPD"}
-            for tag in ("read", "bash", "write")
+            f"PreToolUse:{tag}": {name: {"out": ctx("PreToolUse", f"{name} matched")} for name in "ELGMKOSNPD"}
+            for tag in ("read", "bash", "write", "mcp")
         },
-        [bash("bash"), ("Read", {"file_path": "/etc/hostname #S=read"}), ("Write", {"file_path": "/tmp/hookopt-conformance-w.txt", "content": "#S=write"})],
+        [bash("bash"), ("Read", {"file_path": "/etc/hostname #S=read"}), ("Write", {"file_path": "/tmp/hookopt-conformance-w.txt", "content": "#S=write"}),
+         ("mcp__srv__echo", {"text": "#S=mcp"})],
         cleanup=("/tmp/hookopt-conformance-w.txt",),
+        mcp=True,
+        expect=("PreToolUse:mcp__srv__echo hook additional context", "M matched", "K matched", "L matched"),
     ),
 ]
 
@@ -250,5 +284,6 @@ CASES += [
         ]}, {"matcher": "Bash", "hooks": [py("A")]}]},
         {},
         [("Read", {"file_path": "/etc/hostname"}), bash("none")],
+        expect=("can't open file",),
     ),
 ]

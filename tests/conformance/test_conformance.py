@@ -15,6 +15,7 @@ import os
 import posix
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -144,9 +145,13 @@ def _session(claude_cli: Path, project: Path, home: Path, case: Case, runtime_ro
 
     for path in case.cleanup:
         Path(path).unlink(missing_ok=True)
+    extra: list[str] = []
+    if case.mcp:
+        config = {"mcpServers": {"srv": {"command": sys.executable, "args": [str(HERE / "mcp_server.py")]}}}
+        extra = ["--mcp-config", json.dumps(config), "--allowedTools", "mcp__srv__echo"]
     return run_session(
         claude_cli, project, case.calls, home=home, prompt=case.prompt,
-        env={"HOOKOPT_RUNTIME_DIR": str(runtime_root)},
+        env={"HOOKOPT_RUNTIME_DIR": str(runtime_root)}, extra_args=extra,
     )
 
 
@@ -163,6 +168,11 @@ def test_same_transcript(case: Case, mode: str, projects: dict[str, Any], claude
             native = _session(claude_cli, project, home, case, rt.root)
         assert native.returncode == 0 or native.final is not None, native.stderr
         projects["native"][case.name] = transcript(native, _names(project / ".claude" / "settings.json"), case.either)
+        seen_natively = json.dumps(projects["native"][case.name], ensure_ascii=False)
+        missing = [text for text in case.expect if json.dumps(text, ensure_ascii=False)[1:-1] not in seen_natively]
+        assert not missing, f"{case.name}: natively, the hooks did not show {missing}"
+        if case.requests is not None:
+            assert len(native.main_requests) == case.requests, f"{case.name}: the hooks did not end the session"
     expected = projects["native"][case.name]
     before = _names(project / ".claude" / "settings.json")
     with private_runtime(project) as rt:
