@@ -117,22 +117,21 @@ def test_with_no_daemon_every_event_falls_back_in_process(rt, claude_session):
 
 
 def test_with_the_daemon_killed_mid_session(rt, claude_session):
-    rt.start()
+    supervisor = rt.start()["supervisor"]["pid"]
     killed = []
 
     def kill_at(step):
         if step == 4 and not killed:
             pid = rt.pid()
             os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not rt.daemons(), what="the killed daemon to be gone")
             killed.append(pid)
 
     result = claude_session(rt.project, calls(rt.project), env=session_env(rt), on_step=kill_at)
     check_session(result, rt.project)
     assert killed
-    # The first event after the kill fell back and started a new daemon.
-    new = wait_for(rt.status, what="a restarted daemon")
-    assert new["pid"] != killed[0]
+    # The supervisor replaced the worker; the session's later events reached the new one.
+    new = rt.status()
+    assert new["pid"] != killed[0] and new["supervisor"] == {"pid": supervisor, "restarts": 1, "last_exit": "signal SIGKILL"}
     rt.stop()
     # The killed daemon's journal was replayed by its successor: nothing lost, nothing twice.
     check_observers(rt, result)
@@ -154,6 +153,36 @@ def test_http_transport_blocks_the_same_calls(rt, claude_session):
     result = claude_session(rt.project, calls(rt.project), env=session_env(rt))
     check_session(result, rt.project)
     assert rt.status()["events"] == 1 + 8 + 4
+    rt.stop()
+    check_observers(rt, result)
+
+
+def test_http_transport_keeps_blocking_when_the_worker_is_killed_mid_session(rt, claude_session):
+    """The http transport fails open while no daemon answers; the supervisor bounds that window.
+    The worker is SIGKILLed before each of the four guarded calls: each call's PreToolUse
+    request meets the listen backlog the supervisor keeps open and is answered by the
+    replacement worker. Calls let through are counted (those whose request found no
+    worker within Claude Code's http timeout); the bound asserted is the calls inside the
+    window, none here, since every kill happens between calls."""
+    rt.start()
+    use_http(rt)
+    killed = []
+
+    def kill_before(step):
+        if step in GUARDED:
+            pid = wait_for(lambda: (s := rt.status()) and s["pid"] not in killed and s["pid"], what="a serving worker")
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    result = claude_session(rt.project, calls(rt.project), env=session_env(rt), on_step=kill_before)
+    assert result.returncode == 0, result.stderr
+    ids = result.ids
+    let_through = [i for i in GUARDED if not result.blocked(ids[i])]
+    status = rt.status()
+    print(f"\nhttp transport, {len(killed)} worker SIGKILLs mid-session: {len(let_through)} of {len(GUARDED)} guarded calls let through {let_through}; restarts {status['supervisor']['restarts']}")
+    assert len(killed) == len(GUARDED) and status["supervisor"]["restarts"] == len(GUARDED)
+    assert let_through == []
+    check_session(result, rt.project)
     rt.stop()
     check_observers(rt, result)
 

@@ -3,11 +3,12 @@
 The parent is a small loop that forks the worker, reaps it with ``waitpid(-1, WNOHANG)``
 and forks a new one when it crashes. Signal handlers only enqueue; the loop acts. The
 worker proves it is alive by writing a byte to a pipe (its heartbeat); a silent worker is
-killed in two steps (SIGTERM, then SIGKILL after a grace period) and replaced. Exit codes
+killed in two steps (SIGTERM, then SIGKILL after a grace period) and replaced at once. Exit codes
 the worker returns on purpose end supervision instead: 0 (idle, or told to stop) and the
 boot-failure codes (broken configuration, insecure runtime directory), so a worker that
-cannot boot is never respawned in a loop. Crashes soon after a start back off
-exponentially and, after ``max_quick_crashes`` in a row, supervision gives up.
+cannot boot is never respawned in a loop. A crash is replaced at once; further crashes in
+a row, each soon after its start, back off exponentially and, after ``max_quick_crashes``
+in a row, supervision gives up.
 
 Whatever the worker must keep across restarts (listening sockets, so clients and Claude
 Code's http hooks meet the same socket, port and token) is created before ``run`` and
@@ -42,7 +43,7 @@ class Policy:
     heartbeat_timeout_s: float = 30.0  # silence after which a worker is hung
     kill_grace_s: float = 5.0  # between SIGTERM and SIGKILL
     min_uptime_s: float = 5.0  # a worker that dies sooner (or before its first beat) crashed "quickly"
-    backoff_s: float = 0.1  # delay before replacing a quick crash; doubles per quick crash in a row
+    backoff_s: float = 0.1  # delay before replacing the second quick crash in a row; doubles per further one
     backoff_max_s: float = 10.0
     max_quick_crashes: int = 5  # in a row, then give up
     final_codes: frozenset[int] = frozenset({0})  # exit codes that end supervision
@@ -92,6 +93,7 @@ class Supervisor:
         self._last_beat = 0.0
         self._ready = False
         self._term_at: float | None = None  # when we sent SIGTERM to a hung or stopping worker
+        self._term_reason = ""
         self._quick_crashes = 0
         self._respawn_at = 0.0
         self._beat_r = -1
@@ -129,7 +131,7 @@ class Supervisor:
         if self.pid is None:
             self.exit_code = 0
         elif self._term_at is None:
-            self._kill(signal.SIGTERM)
+            self._kill(signal.SIGTERM, "stopping")
 
     # -- children ---------------------------------------------------------------
 
@@ -194,14 +196,17 @@ class Supervisor:
             self.exit_code = code
             return
         self.restarts += 1
-        self.last_exit = how if not killed_by_us else f"{how} (hung: no heartbeat for {self.policy.heartbeat_timeout_s:g}s)"
+        self.last_exit = f"{how} ({self._term_reason})" if killed_by_us else how
         quick = uptime < self.policy.min_uptime_s or not self._ready
         self._quick_crashes = self._quick_crashes + 1 if quick else 0
         if self._quick_crashes > self.policy.max_quick_crashes:
             log.error("worker crashed %d times in a row right after starting (last: %s); giving up", self._quick_crashes, how)
             self.exit_code = EXIT_GAVE_UP
             return
-        delay = min(self.policy.backoff_s * 2 ** (self._quick_crashes - 1), self.policy.backoff_max_s) if quick else 0.0
+        # The first crash is replaced at once (every moment without a worker is a moment the http
+        # hooks fail open); only crashes in a row wait, doubling each time.
+        n = self._quick_crashes
+        delay = min(self.policy.backoff_s * 2 ** (n - 2), self.policy.backoff_max_s) if n >= 2 else 0.0
         self._respawn_at = self.clock() + delay
         log.error("worker died after %.1fs (%s); restarting in %.1fs", uptime, self.last_exit, delay)
 
@@ -216,13 +221,13 @@ class Supervisor:
                 self._kill(signal.SIGKILL)
         elif now - self._last_beat >= self.policy.heartbeat_timeout_s:
             log.error("worker %d sent no heartbeat for %gs; replacing it", self.pid, self.policy.heartbeat_timeout_s)
-            self._kill(signal.SIGTERM)
+            self._kill(signal.SIGTERM, f"hung: no heartbeat for {self.policy.heartbeat_timeout_s:g}s")
 
-    def _kill(self, sig: int) -> None:
+    def _kill(self, sig: int, reason: str = "") -> None:
         if self.pid is None:
             return
         if sig == signal.SIGTERM:
-            self._term_at = self.clock()
+            self._term_at, self._term_reason = self.clock(), reason
         try:
             os.kill(self.pid, sig)
         except ProcessLookupError:
@@ -271,7 +276,7 @@ class Supervisor:
                 self.stop()
             elif sig == signal.SIGHUP and self.pid is not None and self._term_at is None:
                 log.info("supervisor got SIGHUP; replacing the worker")
-                self._kill(signal.SIGTERM)  # its death counts as ours: replaced, not final
+                self._kill(signal.SIGTERM, "replaced on SIGHUP")  # replaced, not final
 
     def _wait(self, max_wait_s: float) -> None:
         fds = [self._wake_r] + ([self._beat_r] if self._beat_r >= 0 else [])
