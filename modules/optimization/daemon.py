@@ -240,6 +240,11 @@ class Daemon:
             result = dataclasses.replace(result, stderr=result.stderr + note)
         return result
 
+    def _active(self, env: Mapping[str, str]) -> None:
+        """An event arrived: restart the idle clock and remember its Claude Code session."""
+        self.last_activity = self.clock()
+        self._track_session(env)
+
     def _track_session(self, env: Mapping[str, str]) -> None:
         if (pid := env.get("CLAUDE_PID", "")).isdigit():
             self.sessions.add(int(pid))
@@ -309,6 +314,7 @@ class Daemon:
         if op == "stack":
             return _reply(await self.dispatch_stack(sections["body"], env, cwd))
         if op == "legacy":
+            self._active(env)  # a stub's call is activity too: a stubs-only daemon must not idle out under traffic
             script = sections["script"].decode("utf-8", "surrogateescape")
             argv = [os.fsdecode(a) for a in sections["argv"].split(b"\0")] if sections["argv"] else []
             command = self.legacy_command(script, argv, cwd)
