@@ -60,6 +60,7 @@ MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
 _RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
+_PRUNE_EVERY: Final = 30  # ticks between pruning passes over observer.db (the journal's size is checked every tick)
 _PEERCRED: Final = struct.Struct("3i")
 _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
 
@@ -525,6 +526,7 @@ class Daemon:
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
+            self.maintain(prune=ticks % _PRUNE_EVERY == 0)
             self.heartbeat()
             if self.project_moved():
                 log.error("project directory %s was moved or removed; exiting (clients answer in-process)", self.project)
@@ -533,6 +535,19 @@ class Daemon:
             elif self.idle():
                 log.info("idle for %ss, exiting", self.settings.profile.idle_timeout_s)
                 self.stop_event.set()
+
+    def maintain(self, *, prune: bool = True) -> None:
+        """Apply the retention settings to the journal and, with prune, observer.db (daemon.log rotates by itself)."""
+        keep = self.settings.retention
+        try:
+            done = self.observers.maintain(
+                keep.observer_max_rows, keep.observer_max_age_days * 86400.0, keep.journal_max_bytes, prune=prune
+            )
+        except (OSError, sqlite3.Error) as exc:
+            log.error("retention pass failed (tried again later): %s", exc)
+            return
+        if any(done.values()):
+            log.info("retention: %s", done)
 
     def project_moved(self) -> bool:
         """Whether the project directory is gone, or the path now names another directory."""
