@@ -111,3 +111,14 @@ def test_retention_settings_default_from_config_and_take_the_projects_override(t
     settings.write_text(json.dumps({"optimization": {"retention": {"log_backups": 0}}}))
     with pytest.raises(ConfigError, match="retention.log_backups must be a positive integer"):
         load_settings(tmp_path)
+
+
+def test_a_log_whose_directory_was_renamed_keeps_writing_where_it_moved(tmp_path):
+    (tmp_path / "a").mkdir()
+    handler = SharedRotatingHandler(tmp_path / "a" / "daemon.log", max_bytes=1 << 20, backups=1)
+    emit(handler, "before")
+    (tmp_path / "a").rename(tmp_path / "b")
+    emit(handler, "after")  # must not raise: the daemon logs why it exits right after such a rename
+    handler.close()
+    assert (tmp_path / "b" / "daemon.log").read_text().splitlines()[-1].endswith("after")
+    assert not (tmp_path / "a").exists()

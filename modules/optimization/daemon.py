@@ -692,10 +692,21 @@ def _state_error(project: Path, exc: Exception) -> str:
     return str(exc) if isinstance(exc, ConfigError) else f"cannot keep state in {state_dir(project, create=False)}: {exc}"
 
 
-def work(project: Path, listeners: Listeners, ctx: WorkerContext) -> int:
-    """The supervised worker: build the daemon from the current settings and serve until it stops."""
+def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: Settings | None) -> int:
+    """The supervised worker: build the daemon from the current settings and serve until it stops.
+
+    A worker replacing a crashed one keeps the settings the supervisor started with when the
+    project's have become invalid since (as a reload keeps the previous ones): the http
+    hooks must not lose their guard because settings.json was mid-edit when a worker died.
+    """
     try:
-        settings = load_settings(project, os.environ)
+        try:
+            settings = load_settings(project, os.environ)
+        except ConfigError as exc:
+            if ctx.restarts == 0 or started_with is None:
+                raise
+            log.error("configuration is invalid, keeping the one the daemon started with: %s", exc)
+            settings = started_with
         daemon = Daemon(project, settings)
     except (ConfigError, OSError, sqlite3.Error) as exc:
         return _boot_failed(project, _state_error(project, exc))
@@ -728,8 +739,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not project.is_dir():
             # Renamed or removed: creating its state directory would resurrect an empty skeleton.
             return _boot_failed(project, f"project directory {project} does not exist (renamed or removed?)")
+        started_with: Settings | None = None
         try:
-            retention = load_settings(project, os.environ).retention
+            started_with = load_settings(project, os.environ)
+            retention = started_with.retention
         except ConfigError:
             retention = Retention()  # the worker reports the error; the log still rotates
         try:
@@ -738,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             return _boot_failed(project, _state_error(project, exc))
         compile_client()
-        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx), Policy(final_codes=FINAL_EXITS))
+        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx, started_with), Policy(final_codes=FINAL_EXITS))
         try:
             code = supervisor.run()
         finally:

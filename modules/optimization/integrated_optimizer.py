@@ -141,6 +141,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {what} is not valid JSON ({exc})") from None
+    except OSError as exc:  # a symlink loop, a directory, no permission: as unusable as bad JSON
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must hold a JSON object")
     return data

@@ -3,7 +3,9 @@
 Both processes write through the handler the supervisor set up before forking. When
 one rotates, the other's stream still points at the renamed file; each record first
 checks that the path still names the file it holds (as WatchedFileHandler does) and
-reopens it if not, so no process keeps writing into a backup that nobody reads.
+reopens it if not, so no process keeps writing into a backup that nobody reads. Logging
+never raises: when the path cannot be opened (its directory was renamed away) the
+handler keeps the file it holds, which moved with the directory.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ class SharedRotatingHandler(RotatingFileHandler):
         except OSError:
             current = None
         if current != self._ident and self.stream is not None:
-            self.stream.close()
-            self.stream = self._open()
-            self._ident = self._stat_stream()
+            try:
+                stream = self._open()
+            except OSError:
+                stream = None  # the directory itself is gone (project renamed): keep the file we hold
+            if stream is not None:
+                self.stream.close()
+                self.stream = stream
+                self._ident = self._stat_stream()
         super().emit(record)
 
     def doRollover(self) -> None:  # noqa: N802 (the stdlib's name)
