@@ -128,9 +128,11 @@ os.write(fd, (event["tool_use_id"] + "\\n").encode())
 """
 
 
-def test_daemon_sigkilled_while_clients_stream_loses_no_event(rt):
-    """Several clients stream PostToolUse events (each a real `hooks/stack.py` process, as a
-    consolidated install runs them) while the daemon is SIGKILLed three times. The
+@pytest.mark.parametrize("clients, kills", [(4, 3), (2, 5)])
+def test_daemon_sigkilled_while_clients_stream_loses_no_event(rt, clients, kills):
+    """N clients stream PostToolUse events (each a real `hooks/stack.py` process, as a
+    consolidated install runs them) while the daemon's worker is SIGKILLed K times (the
+    supervisor replaces it each time). The
     project's own legacy logger hook writes every tool_use_id to its log; hookopt records
     each event in observer.db. Afterwards every event is in both, and duplicates are
     counted.
@@ -144,7 +146,6 @@ def test_daemon_sigkilled_while_clients_stream_loses_no_event(rt):
     spooled lines once each; the killer here strikes after the new daemon's first spool
     ingest, so the figure checked is the in-flight bound.
     """
-    clients, kills = 4, 3
     hooks_dir = rt.project / ".claude" / "hooks"
     hooks_dir.mkdir(parents=True)
     (hooks_dir / "log_ids.py").write_text(LOGGER)
@@ -208,7 +209,7 @@ def test_daemon_sigkilled_while_clients_stream_loses_no_event(rt):
     print(
         f"\n{len(sent)} events from {clients} clients, {kills} SIGKILLs: observer.db {sum(stored.values())} rows "
         f"({sum(stored.values()) - len(stored)} duplicates), legacy log {sum(legacy.values())} lines "
-        f"({sum(legacy.values()) - len(legacy)} duplicates); bound {kills * clients}"
+        f"({sum(legacy.values()) - len(legacy)} duplicates); bound N x K = {kills * clients}"
     )
 
 
