@@ -7,6 +7,9 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,45 @@ def test_http_transport_fails_open_when_the_daemon_is_down(rt, claude_session):
     assert result.returncode == 0, result.stderr
     assert not result.blocked(result.ids[0])  # it ran (and failed: no network), unguarded
     assert not rt.daemons()
+
+
+def test_two_sessions_at_once_on_one_project(rt, claude_session, tmp_path):
+    """Two real Claude Code processes on one project, one daemon: both get every decision
+    right, the observers record each session's events once, and the daemon (idle timeout
+    1 s) stays while either session lives: session B pauses mid-way until A has ended and
+    the daemon has been quiet past its timeout, then finishes on the same daemon."""
+    settings = json.loads((rt.project / ".claude" / "settings.json").read_text())
+    settings["optimization"] = {"idle_timeout_s": 1}
+    (rt.project / ".claude" / "settings.json").write_text(json.dumps(settings))
+    pid = rt.start()["pid"]
+    a_done = threading.Event()
+    seen = {}
+
+    def pause_b(step):
+        if step == 4 and "quiet" not in seen:
+            assert a_done.wait(180), "session A did not finish"
+            ended = rt.status()["uptime_s"]
+            # Quiet past the idle timeout while B lives: the daemon must still be there.
+            seen["quiet"] = wait_for(lambda: (s := rt.status()) and s["uptime_s"] > ended + 2.5 and s, what="the idle timeout to pass")
+
+    def session(name, **kwargs):
+        try:
+            return claude_session(rt.project, calls(rt.project), env=session_env(rt), home=tmp_path / f"home-{name}", **kwargs)
+        finally:
+            if name == "a":
+                a_done.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        b = pool.submit(session, "b", on_step=pause_b)
+        a = pool.submit(session, "a")
+        results = [a.result(), b.result()]
+    for result in results:
+        check_session(result, rt.project)
+    assert seen["quiet"]["pid"] == pid and rt.status()["pid"] == pid  # one daemon served both, throughout
+    wait_for(lambda: not rt.daemons(), what="the daemon to leave once both sessions ended")
+    rows = Counter(observed(rt.project))
+    expected = Counter({("SessionStart", None): 2})
+    for result in results:
+        ids = result.ids
+        expected.update([("PostToolUse", ids[0]), ("PostToolUse", ids[4]), ("PostToolUseFailure", ids[6]), ("PostToolUse", ids[7])])
+    assert rows == expected
