@@ -243,7 +243,8 @@ def test_read_only_state_directory_keeps_guards_deciding_and_loses_nothing_journ
 
         rt.stop()  # a clean stop cannot compact the journal here: it says so, and keeps the entries
         assert "the journal keeps what SQLite lacks for the next start" in log.read_text()
-        assert "stopped after" in log.read_text().splitlines()[-1]
+        *_, worker_last, supervisor_last = log.read_text().splitlines()
+        assert "stopped after" in worker_last and "worker stopped (exit code 0)" in supervisor_last
         assert decision(rt.hook(pre_event(rt.project, "rm -rf ~"))) == "deny"  # answered in-process
         wait_for(rt.path(".failed").exists, what="the daemon's refusal to boot")
         assert "cannot keep state in" in rt.path(".failed").read_text() and "Read-only file system" in rt.path(".failed").read_text()
@@ -712,7 +713,7 @@ def test_http_hostile_requests_are_refused_and_the_daemon_keeps_serving(rt):
         conn.sendall(good)
         assert _read_response(conn)[0] == 200
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"
-    assert len(rt.daemons()) == 1
+    assert len(rt.supervisors()) == 1 and rt.status()["supervisor"]["restarts"] == 0  # the same worker throughout
 
 
 @pytest.mark.parametrize("guard", BUILTIN_PRE, ids=lambda v: v.name)
