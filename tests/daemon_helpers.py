@@ -109,6 +109,11 @@ class Runtime:
         out = subprocess.run(["pgrep", "-f", f"modules.optimization.daemon --project {self.project}$"], capture_output=True, text=True)
         return sorted(int(p) for p in out.stdout.split())
 
+    def supervisors(self):
+        """Pids of the supervising daemon processes (a worker's parent is its supervisor)."""
+        pids = self.daemons()
+        return [pid for pid in pids if ppid(pid) not in pids]
+
     def stop(self):
         for pid in self.daemons():
             try:
@@ -116,6 +121,15 @@ class Runtime:
             except ProcessLookupError:
                 pass
         wait_for(lambda: not self.daemons(), what="daemons to exit")
+
+
+def ppid(pid):
+    """The parent of pid (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @contextlib.contextmanager

@@ -42,8 +42,10 @@ def test_racing_clients_start_exactly_one_daemon(rt):
         results = list(pool.map(lambda _: rt.hook(pre_event(rt.project, "rm -rf /")), range(8)))
     assert all(decision(r) == "deny" for r in results)
     wait_for(rt.status, what="a daemon")
-    assert len(rt.daemons()) == 1
-    assert rt.status()["pid"] == rt.daemons()[0] == rt.pid()
+    [supervisor] = rt.supervisors()
+    status = rt.status()
+    assert status["pid"] == rt.pid() and status["supervisor"]["pid"] == supervisor
+    assert rt.daemons() == sorted([supervisor, status["pid"]])  # one supervisor, one worker
 
 
 def test_runtime_files_are_private(rt):

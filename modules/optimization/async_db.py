@@ -5,7 +5,8 @@ batcher then writes it into SQLite, one transaction per batch; the store records
 highest committed journal sequence in the same transaction. On start, journal entries
 above that sequence are replayed, and INSERT OR IGNORE on the sequence makes a replay
 that overlaps a committed batch harmless. close() compacts the journal down to what
-SQLite does not hold yet.
+SQLite does not hold yet; so does maintain() once the journal passes its size limit,
+and maintain() also prunes SQLite to the newest rows within an age (Retention).
 
 Committed sequences are a watermark only because batches commit in journal order:
 ObserverLog journals and enqueues under one lock, uses a single priority, and spills
@@ -43,6 +44,9 @@ _SET_LAST_SEQ: Final = (
     "INSERT INTO meta(key, value) VALUES ('last_seq', ?) "
     "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
 )
+
+
+_WAL_LIMIT_BYTES: Final = 64 << 20
 
 
 def _dumps(value: Any) -> str:
@@ -114,6 +118,12 @@ class Journal:
         self._size = good_end
         # first_seq guards against reusing seqs the store already holds if the file was lost.
         self._next = max(last + 1, first_seq)
+
+    @property
+    def size(self) -> int:
+        """Return the file's size in bytes (whole lines only)."""
+        with self._lock:
+            return self._size
 
     @property
     def last_seq(self) -> int:
@@ -213,6 +223,8 @@ class ObserverStore:
         # In WAL mode NORMAL can lose the last commits on power loss, never corrupt;
         # the journal covers those commits.
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # After a checkpoint, SQLite truncates a WAL file that grew past this (it is reused, never shrunk, otherwise).
+        self._conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         self._conn.executescript(_SCHEMA)
 
     def write_batch(self, entries: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
@@ -235,6 +247,21 @@ class ObserverStore:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
         return int(row[0]) if row else 0
+
+    def prune(self, max_rows: int, min_ts: float) -> int:
+        """Delete all but the newest max_rows events, and any older than min_ts; return how many went."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._conn.execute(
+                    "DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?) OR ts < ?",
+                    (max_rows, min_ts),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return cursor.rowcount
 
     def count(self) -> int:
         """Return how many events are stored."""
@@ -353,12 +380,27 @@ class ObserverLog:
             self._journal.close()
             self._store.close()
 
+    def maintain(
+        self, max_rows: int, max_age_s: float, journal_max_bytes: int, *, prune: bool = True, now: float | None = None
+    ) -> dict[str, int]:
+        """Keep the files bounded: compact the journal to what SQLite lacks once it passes
+        journal_max_bytes (a cheap check), and with prune, trim SQLite to the newest max_rows
+        events younger than max_age_s."""
+        pruned = self._store.prune(max_rows, (time.time() if now is None else now) - max_age_s) if prune else 0
+        compacted = 0
+        if self._journal.size > journal_max_bytes:
+            before = self._journal.size
+            self._journal.compact(self._store.last_seq())
+            compacted = before - self._journal.size
+        return {"pruned_rows": pruned, "journal_bytes_dropped": compacted}
+
     def stats(self) -> dict[str, Any]:
         """Return batcher counters plus journal and store positions."""
         return {
             **self._batcher.stats(),
             "journal_seq": self._journal.last_seq,
             "committed_seq": self._store.last_seq(),
+            "journal_bytes": self._journal.size,
             "replayed": self._replayed,
         }
 

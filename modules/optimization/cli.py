@@ -202,6 +202,10 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK) -> int:
         return EXIT_NOT_RUNNING
     pool, cache = status["pool"], status["cache"]
     print(f"daemon: running, pid {status['pid']}, up {status['uptime_s']:.0f} s, {status['events']} events")
+    if sup := status.get("supervisor"):
+        restarts = sup["restarts"]
+        last = f" (last: {sup['last_exit']})" if sup.get("last_exit") else ""
+        print(f"supervisor: pid {sup['pid']}, {restarts} restart{'' if restarts == 1 else 's'}{last}")
     print(f"profile: {status['profile']}")
     print(f"pool: {pool.get('workers')} workers ({pool.get('idle')} idle), queue {pool.get('queue_depth')}")
     print(f"cache: {cache['size']} entries, hit rate {cache['hit_rate']:.0%} ({cache['hits']} hits, {cache['misses']} misses)")

@@ -6,6 +6,11 @@ refused), Claude Code's ``type: "http"`` hooks on 127.0.0.1 (token checked), and
 ``/metrics`` on loopback. It reloads its configuration when the files change,
 exits after the profile's idle timeout, and on SIGTERM flushes batches and the
 journal before it goes.
+
+``main`` runs the daemon under a supervisor (supervisor.py): the parent holds the lock
+and the listening sockets, and forks the worker that serves them; a worker that crashes
+or hangs is replaced on the same socket, port and token, so Claude Code's http hooks are
+unguarded only for the calls in flight when it died (issue 13).
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from typing import Any, Callable, Final, Mapping, Sequence
 from . import client
 from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
-from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Settings, load_settings
+from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
 from .hook_pool import LegacyRunner
+from .logfile import log_to
+from .supervisor import Policy, Supervisor, WorkerContext
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
 from .stack import MANIFEST_NAME, StackHook, combine_selected, load_manifest, select
 
@@ -45,12 +52,15 @@ __all__ = ["Daemon", "main"]
 
 log = logging.getLogger("hookopt.daemon")
 
-EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE = 0, 0, 3, 4
+EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE, EXIT_PROJECT_GONE = 0, 0, 3, 4, 6
+# Exits a worker chooses: the supervisor ends rather than respawning (5 is its own "gave up").
+FINAL_EXITS: Final = frozenset({EXIT_OK, EXIT_CONFIG, EXIT_INSECURE, EXIT_PROJECT_GONE})
 TOKEN_HEADER: Final = "x-hookopt-token"
 MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
 _RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
+_PRUNE_EVERY: Final = 30  # ticks between pruning passes over observer.db (the journal's size is checked every tick)
 _PEERCRED: Final = struct.Struct("3i")
 _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
 
@@ -98,6 +108,50 @@ def http_endpoint(project: Path) -> dict[str, Any]:
     data = {"port": 0, "metrics_port": 0, "token": secrets.token_urlsafe(32)}
     _write_private(path, json.dumps(data))
     return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listeners:
+    """The daemon's listening sockets; the supervisor keeps them open across worker restarts."""
+
+    unix: socket.socket
+    http: socket.socket
+    sock_path: Path
+
+    def close(self) -> None:
+        """Close both and remove the socket file."""
+        self.unix.close()
+        self.http.close()
+        self.sock_path.unlink(missing_ok=True)
+
+
+def bind_listeners(project: Path, endpoint: Mapping[str, Any]) -> Listeners:
+    """Listen on the project's unix socket (0600) and on its saved http port (another if taken)."""
+    sock_path = Path(client.runtime_path(str(project), ".sock"))
+    sock_path.unlink(missing_ok=True)  # we hold the lock, so any socket there is stale
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        unix.bind(str(sock_path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(sock_path, 0o600)
+    unix.listen(128)
+    http = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    http.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = int(endpoint.get("port") or 0)
+    try:
+        http.bind(("127.0.0.1", port))
+    except OSError as exc:
+        # The saved port is taken: take a new one (install writes it into the hooks again).
+        log.warning("http port %d unavailable (%s); choosing another", port, exc)
+        http.bind(("127.0.0.1", 0))
+    http.listen(128)
+    return Listeners(unix, http, sock_path)
+
+
+def _no_beat() -> None:
+    pass
 
 
 def _claude_pid(raw: bytes) -> dict[str, str]:
@@ -150,6 +204,10 @@ class Daemon:
         self._servers: list[asyncio.AbstractServer] = []
         self._metrics: Any = None
         self._ingest_error = ""
+        self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
+        self.supervision: dict[str, object] | None = None
+        self.exit_code = EXIT_OK
+        self._identity = _identity(project)
 
     # -- evaluation ---------------------------------------------------------
 
@@ -194,6 +252,11 @@ class Daemon:
             note = not_recorded(event, f"cannot journal it in {self.state}: {record.error}")
             result = dataclasses.replace(result, stderr=result.stderr + note)
         return result
+
+    def _active(self, env: Mapping[str, str]) -> None:
+        """An event arrived: restart the idle clock and remember its Claude Code session."""
+        self.last_activity = self.clock()
+        self._track_session(env)
 
     def _track_session(self, env: Mapping[str, str]) -> None:
         if (pid := env.get("CLAUDE_PID", "")).isdigit():
@@ -266,6 +329,7 @@ class Daemon:
         if op == "stack":
             return _reply(await self.dispatch_stack(sections["body"], env, cwd))
         if op == "legacy":
+            self._active(env)  # a stub's call is activity too: a stubs-only daemon must not idle out under traffic
             script = sections["script"].decode("utf-8", "surrogateescape")
             argv = [os.fsdecode(a) for a in sections["argv"].split(b"\0")] if sections["argv"] else []
             command = self.legacy_command(script, argv, cwd)
@@ -389,6 +453,7 @@ class Daemon:
             "http_port": self.endpoint.get("port"),
             "metrics_port": self.endpoint.get("metrics_port"),
             "monitor": self.monitor.snapshot(),
+            "supervisor": self.supervision,
         }
 
     def _stamps(self) -> dict[str, int]:
@@ -483,9 +548,32 @@ class Daemon:
                 self.monitor.set_breaker_state(name, state)
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
-            if self.idle():
+            self.maintain(prune=ticks % _PRUNE_EVERY == 0)
+            self.heartbeat()
+            if self.project_moved():
+                log.error("project directory %s was moved or removed; exiting (clients answer in-process)", self.project)
+                self.exit_code = EXIT_PROJECT_GONE
+                self.stop_event.set()
+            elif self.idle():
                 log.info("idle for %ss, exiting", self.settings.profile.idle_timeout_s)
                 self.stop_event.set()
+
+    def maintain(self, *, prune: bool = True) -> None:
+        """Apply the retention settings to the journal and, with prune, observer.db (daemon.log rotates by itself)."""
+        keep = self.settings.retention
+        try:
+            done = self.observers.maintain(
+                keep.observer_max_rows, keep.observer_max_age_days * 86400.0, keep.journal_max_bytes, prune=prune
+            )
+        except (OSError, sqlite3.Error) as exc:
+            log.error("retention pass failed (tried again later): %s", exc)
+            return
+        if any(done.values()):
+            log.info("retention: %s", done)
+
+    def project_moved(self) -> bool:
+        """Whether the project directory is gone, or the path now names another directory."""
+        return _identity(self.project) != self._identity
 
     def _ingest_spool(self) -> None:
         try:
@@ -499,20 +587,16 @@ class Daemon:
         else:
             self._ingest_error = ""
 
-    async def serve(self) -> None:
-        """Listen on the socket, http and metrics ports until stopped, then shut down cleanly."""
+    async def serve(self, listeners: Listeners | None = None) -> None:
+        """Serve the listeners (bound here when None), http and metrics until stopped, then shut down."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        sock_path = Path(client.runtime_path(str(self.project), ".sock"))
-        sock_path.unlink(missing_ok=True)  # we hold the lock, so any socket there is stale
-        old_umask = os.umask(0o177)
-        try:
-            self._servers.append(await asyncio.start_unix_server(self.handle_unix, path=str(sock_path)))
-        finally:
-            os.umask(old_umask)
-        os.chmod(sock_path, 0o600)
-        http = await self._start_http()
+        own = listeners is None
+        if listeners is None:
+            listeners = bind_listeners(self.project, self.endpoint)
+        self._servers.append(await asyncio.start_unix_server(self.handle_unix, sock=listeners.unix))
+        http = await asyncio.start_server(self.handle_http, sock=listeners.http)
         self._servers.append(http)
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
         self.endpoint.update(port=http.sockets[0].getsockname()[1], metrics_port=metrics_port)
@@ -520,25 +604,18 @@ class Daemon:
         self._write_timeout()
         _write_private(Path(client.runtime_path(str(self.project), ".pid")), str(os.getpid()))
         log.info("serving %s (pid %d, http %s, metrics %s)", self.project, os.getpid(), self.endpoint["port"], metrics_port)
+        self.heartbeat()  # the first beat: booted and listening
         try:
             await self._tick()
         finally:
-            await self.shutdown(sock_path)
+            await self.shutdown(listeners.sock_path if own else None)
 
-    async def _start_http(self) -> asyncio.Server:
-        port = int(self.endpoint.get("port") or 0)
-        try:
-            return await asyncio.start_server(self.handle_http, "127.0.0.1", port)
-        except OSError as exc:
-            # The saved port is taken: take a new one (install writes it into the hooks again).
-            log.warning("http port %d unavailable (%s); choosing another", port, exc)
-            return await asyncio.start_server(self.handle_http, "127.0.0.1", 0)
-
-    async def shutdown(self, sock_path: Path) -> None:
-        """Stop listening, flush observers and the cache, remove runtime files."""
+    async def shutdown(self, sock_path: Path | None) -> None:
+        """Stop listening, flush observers and the cache, remove runtime files (the socket file if ours)."""
         for server in self._servers:
             server.close()
-        sock_path.unlink(missing_ok=True)
+        if sock_path is not None:
+            sock_path.unlink(missing_ok=True)
         Path(client.runtime_path(str(self.project), ".pid")).unlink(missing_ok=True)
         if self._metrics is not None:
             self._metrics.shutdown()
@@ -551,6 +628,14 @@ class Daemon:
             log.error("observer log not closed cleanly; the journal keeps what SQLite lacks for the next start: %s", exc)
         self.engine.close()
         log.info("stopped after %d events", self.events)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _available_mb() -> float:
@@ -616,8 +701,52 @@ def compile_client() -> None:
             log.warning("cannot precompile %s: %s", path, exc)
 
 
+def _boot_failed(project: Path, message: str) -> int:
+    """Say why once, and let clients answer in-process (guards still decide) instead of respawning per event."""
+    if logging.getLogger().handlers:  # else daemon.log could not be opened: stderr only
+        log.error("cannot start: %s", message)
+    print(f"hookopt daemon: {message}", file=sys.stderr)
+    _write_private(Path(client.runtime_path(str(project), ".failed")), f"{message}\n")
+    return EXIT_CONFIG
+
+
+def _state_error(project: Path, exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ConfigError) else f"cannot keep state in {state_dir(project, create=False)}: {exc}"
+
+
+def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: Settings | None) -> int:
+    """The supervised worker: build the daemon from the current settings and serve until it stops.
+
+    A worker replacing a crashed one keeps the settings the supervisor started with when the
+    project's have become invalid since (as a reload keeps the previous ones): the http
+    hooks must not lose their guard because settings.json was mid-edit when a worker died.
+    """
+    try:
+        try:
+            settings = load_settings(project, os.environ)
+        except ConfigError as exc:
+            if ctx.restarts == 0 or started_with is None:
+                raise
+            log.error("configuration is invalid, keeping the one the daemon started with: %s", exc)
+            settings = started_with
+        apply_debug(settings)
+        if not settings.enabled:
+            log.info("optimization disabled (enabled: false): not serving; hooks run without the daemon")
+            mark_disabled(project)
+            return EXIT_OK
+        Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)).unlink(missing_ok=True)
+        daemon = Daemon(project, settings)
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        return _boot_failed(project, _state_error(project, exc))
+    Path(client.runtime_path(str(project), ".failed")).unlink(missing_ok=True)
+    daemon.heartbeat = ctx.beat
+    daemon.supervision = ctx.info()
+    asyncio.run(daemon.serve(listeners))
+    return daemon.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the daemon for one project in the foreground; exit 0 at once if one already runs."""
+    """Supervise the daemon for one project in the foreground; exit 0 at once if one already runs."""
     parser = argparse.ArgumentParser(
         prog="python -m modules.optimization.daemon",
         description="Serve hook events for one project (thin clients start this for you).",
@@ -633,36 +762,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     lock = _acquire_lock(project)
     if lock is None:
         return EXIT_RUNNING
-    failed = Path(client.runtime_path(str(project), ".failed"))
     os.environ["CLAUDE_PROJECT_DIR"] = str(project)  # validators read it at call time
     try:
-        logging.basicConfig(
-            filename=state_dir(project) / "daemon.log",
-            level=logging.INFO,
-            format="%(asctime)s %(process)d %(levelname)s %(message)s",
-        )
-        settings = load_settings(project, os.environ)
-        apply_debug(settings)
-        if not settings.enabled:
-            log.info("optimization disabled (enabled: false): not serving; hooks run without the daemon")
-            mark_disabled(project)
-            return EXIT_OK
-        Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)).unlink(missing_ok=True)
-        daemon = Daemon(project, settings)
-    except (ConfigError, OSError, sqlite3.Error) as exc:
-        # A read-only or full state directory, or broken settings: say why once, and let
-        # clients answer in-process (guards still decide) instead of respawning per event.
-        message = str(exc) if isinstance(exc, ConfigError) else f"cannot keep state in {state_dir(project, create=False)}: {exc}"
-        if logging.getLogger().handlers:  # else daemon.log could not be opened: stderr only
-            log.error("cannot start: %s", message)
-        print(f"hookopt daemon: {message}", file=sys.stderr)
-        _write_private(failed, f"{message}\n")
-        return EXIT_CONFIG
-    failed.unlink(missing_ok=True)
-    compile_client()
-    asyncio.run(daemon.serve())
-    os.close(lock)
-    return EXIT_OK
+        if not project.is_dir():
+            # Renamed or removed: creating its state directory would resurrect an empty skeleton.
+            return _boot_failed(project, f"project directory {project} does not exist (renamed or removed?)")
+        started_with: Settings | None = None
+        try:
+            started_with = load_settings(project, os.environ)
+            retention = started_with.retention
+        except ConfigError:
+            retention = Retention()  # the worker reports the error; the log still rotates
+        try:
+            log_to(state_dir(project) / "daemon.log", max_bytes=retention.log_max_bytes, backups=retention.log_backups)
+            listeners = bind_listeners(project, http_endpoint(project))
+        except OSError as exc:
+            return _boot_failed(project, _state_error(project, exc))
+        compile_client()
+        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx, started_with), Policy(final_codes=FINAL_EXITS))
+        try:
+            code = supervisor.run()
+        finally:
+            supervisor.close()
+            listeners.close()
+            Path(client.runtime_path(str(project), ".pid")).unlink(missing_ok=True)
+        if code not in FINAL_EXITS:
+            _boot_failed(project, f"the daemon kept crashing right after its start; see {state_dir(project, create=False) / 'daemon.log'}")
+        return code
+    finally:
+        os.close(lock)
 
 
 if __name__ == "__main__":

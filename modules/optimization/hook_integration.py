@@ -170,7 +170,8 @@ class Engine:
             + tuple(v for path in self.settings.validator_files for v in load_validator_file(path))
         )
         self.monitor = monitor
-        cache_path = state_dir(project) / "cache.json" if persist else None
+        # No cache file for a project directory that is gone: its state directory would resurrect it.
+        cache_path = state_dir(project) / "cache.json" if persist and project.is_dir() else None
         self.cache = ValidatorCache(profile.cache_size, profile.cache_ttl_s, path=cache_path)
         self.breakers = BreakerBoard(
             profile.breaker_fail_max,
@@ -354,6 +355,8 @@ def _spool(root: Path, event: Mapping[str, Any]) -> bytes:
     """Spool an observer event for the daemon; b"" if kept, else the message saying why not."""
     if event["hook_event_name"] in GUARDED_EVENTS:
         return b""
+    if not root.is_dir():  # renamed or removed: creating its state directory would resurrect a skeleton
+        return not_recorded(event, f"project directory {root} does not exist (renamed or removed?)")
     try:
         spool_event(state_dir(root), event)
     except OSError as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "LoadSample",
     "Profile",
+    "Retention",
     "Settings",
     "Switch",
     "load_settings",
@@ -94,6 +95,28 @@ def _check_int(key: str, value: Any) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of its own state the daemon keeps (the "retention" block of config/settings.json)."""
+
+    observer_max_rows: int = 1_000_000  # observer.db keeps the newest this many events
+    observer_max_age_days: int = 90  # and none older than this
+    journal_max_bytes: int = 16 << 20  # the journal is compacted to what SQLite lacks past this size
+    log_max_bytes: int = 5 << 20  # daemon.log rotates at this size
+    log_backups: int = 3  # daemon.log.1 .. .N kept
+
+    @classmethod
+    def from_mapping(cls, data: Any, where: str, base: Retention | None = None) -> Retention:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be an object")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}")
+        values = {k: _check_int(f"{where}.{k}", v) for k, v in data.items()}
+        return replace(base or cls(), **values)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The resolved configuration for one project."""
 
@@ -104,6 +127,7 @@ class Settings:
     profiles: Mapping[str, Profile]
     sources: tuple[str, ...]  # where values came from, lowest precedence first
     validator_files: tuple[Path, ...] = ()  # the project's own @validator modules
+    retention: Retention = Retention()
 
     def switch(self, name: str) -> Settings:
         """The same settings running another profile."""
@@ -119,6 +143,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         return {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {what} is not valid JSON ({exc})") from None
+    except OSError as exc:  # a symlink loop, a directory, no permission: as unusable as bad JSON
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {what} must hold a JSON object")
     return data
@@ -159,6 +185,7 @@ def load_settings(
         raise ConfigError(f"{defaults_path}: 'profiles' must be a non-empty object")
     profiles = {name: Profile.from_mapping(name, body, str(defaults_path)) for name, body in raw_profiles.items()}
     block: dict[str, Any] = dict(shipped.get("optimization") or {})
+    retention = Retention.from_mapping(shipped.get("retention", {}), f"{defaults_path}: retention")
     sources = [str(defaults_path)]
 
     if project_dir is not None:
@@ -202,6 +229,8 @@ def load_settings(
     enabled = _bool(f"{where}: enabled", block.pop("enabled", True))
     adaptive = _bool(f"{where}: adaptive", block.pop("adaptive", False))
     debug = _bool(f"{where}: debug", block.pop("debug", False))
+    if "retention" in block:
+        retention = Retention.from_mapping(block.pop("retention"), f"{where}: retention", retention)
     files = block.pop("validators", [])
     if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
         raise ConfigError(f"{where}: validators must be a list of file paths")
@@ -212,7 +241,7 @@ def load_settings(
         if "max_workers" in env_overrides:
             env_overrides["min_workers"] = min(profile.min_workers, env_overrides["max_workers"])
         profile = profile.with_overrides(env_overrides, "environment")
-    return Settings(enabled, adaptive, debug, profile, profiles, tuple(sources), validator_files)
+    return Settings(enabled, adaptive, debug, profile, profiles, tuple(sources), validator_files, retention)
 
 
 @dataclass(frozen=True, slots=True)
