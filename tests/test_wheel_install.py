@@ -100,9 +100,11 @@ def test_installed_wheel_blocks_what_the_native_hooks_block(method, wheel, nativ
         # Served warm by a daemon that the installed client started from site-packages.
         status = json.loads(_run([hookopt, "status", "--json", "--project", project], cwd=tmp_path, env=env).stdout)
         assert status["installed"] and status["daemon"]["legacy"]["warm_runs"] > 0, status
-        (pid,) = rt.daemons()
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert f"PYTHONPATH={site}".encode() in [e.split(b":")[0] for e in environ], environ
+        pids = rt.daemons()  # the supervisor and its worker
+        assert pids
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"PYTHONPATH={site}".encode() in [e.split(b":")[0] for e in environ], environ
 
         _run([hookopt, "uninstall", "--project", project], cwd=tmp_path, env=env)
         assert (project / ".claude" / "settings.json").read_bytes() == (EXAMPLE / ".claude" / "settings.json").read_bytes()
