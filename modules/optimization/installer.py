@@ -41,7 +41,9 @@ __all__ = ["SCOPE_NAMES", "STUB_MARKER", "InstallError", "install", "uninstall"]
 
 Transport = Literal["command", "http"]
 BACKUP_NAME: Final = "settings.json.backup"
-CREATED_MARKER: Final = "created-claude-dir"  # in the state dir when install made .claude: uninstall takes it away
+# In the state dir when install made .claude (or only the state dir): the last uninstall takes it away.
+CREATED_MARKER: Final = "created-claude-dir"
+CREATED_STATE_MARKER: Final = "created-state-dir"
 ROOT: Final = package_root()  # where the stubs import the client from: the checkout or site-packages
 HOOKS_DIR: Final = shipped("hooks")
 # `python3 script.py`, `/usr/bin/env python3 script.py`, `/abs/python3.11 script.py ...`
@@ -91,6 +93,7 @@ class Plan:
     scripts: dict[str, Script] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)  # original command -> rewritten one
     claude_dir_existed: bool = True
+    state_existed: bool = True
 
 
 def _inside(project: Path, path: Path) -> bool:
@@ -164,18 +167,22 @@ def python_script(command: str, project: Path | None) -> tuple[str, Path, str] |
     return interpreter, path, rest
 
 
-def _shared_commands(where: Scope, project: Path) -> set[str]:
-    """Command strings of the other scopes that apply to the project (as Claude Code runs them)."""
+def _other_scopes(where: Scope, project: Path) -> tuple[set[str], set[str]]:
+    """The command strings of the project's other scopes (as Claude Code runs them), and the
+    real paths of the scripts their installs already replaced with stubs."""
     try:
         stacks = load_stacks(project, where.base if where.name == "user" else None)
-    except ValueError:
-        return set()
-    return {
-        hook["command"]
-        for stack in stacks.scopes
-        if stack.scope.name != where.name
-        for _, _, hook in _command_hooks({"hooks": stack.hooks})
+    except ValueError as exc:
+        raise InstallError(f"{exc}; nothing changed") from None
+    others = [s for s in stacks.scopes if s.scope.name != where.name]
+    commands = {hook["command"] for s in others for _, _, hook in _command_hooks({"hooks": s.hooks})}
+    stubbed = {
+        os.path.realpath(Path(str(s.manifest.get("root") or s.scope.root)) / entry["path"])
+        for s in others
+        if s.manifest is not None
+        for entry in s.manifest.get("scripts", [])
     }
+    return commands, stubbed
 
 
 def _plan(where: Scope, project: Path, python: str, *, stubs: bool = True) -> Plan:
@@ -183,11 +190,11 @@ def _plan(where: Scope, project: Path, python: str, *, stubs: bool = True) -> Pl
     are: the daemon runs them warm in place, and hooks left to Claude Code run untouched."""
     settings_path, raw, settings = _read_settings(where)
     root = where.root
-    plan = Plan(where, settings_path, raw, settings, claude_dir_existed=where.claude_dir.exists())
+    plan = Plan(where, settings_path, raw, settings, claude_dir_existed=where.claude_dir.exists(), state_existed=where.state.exists())
     # Claude Code runs a command string once however many scopes hold it. A user-scope command
     # may be repeated in any project, so user-scope commands are never rewritten; another
     # scope's command is not rewritten when a scope of this project repeats it.
-    shared = _shared_commands(where, project) if stubs and where.name != "user" else set()
+    shared, stubbed_elsewhere = _other_scopes(where, project) if stubs else (set(), set())
     for _, _, hook in _command_hooks(settings) if stubs else []:
         found = python_script(hook["command"], project if where.name != "user" else None)
         if found is None:
@@ -199,6 +206,10 @@ def _plan(where: Scope, project: Path, python: str, *, stubs: bool = True) -> Pl
             continue  # a script kept outside the scope's root (e.g. ~/.claude/hooks for a project) is left alone
         if not path.is_file():
             continue  # missing or a dead link: Claude Code reports it itself; nothing to keep
+        if os.path.realpath(path) in stubbed_elsewhere:
+            # Another scope's install already put a stub there, which runs it warm from any command;
+            # the command stays as it is (an -S rewrite would outlive that install's uninstall).
+            continue
         rel = os.path.relpath(path, root)
         if where.name != "user" and hook["command"] not in shared:
             plan.commands[hook["command"]] = f"{_quote(python)} -S {rest}"
@@ -437,6 +448,8 @@ def _apply(plan: Plan, build_settings: Callable[[], bytes], options: Mapping[str
     try:
         if not plan.claude_dir_existed:
             (state / CREATED_MARKER).touch()
+        elif not plan.state_existed:
+            (state / CREATED_STATE_MARKER).touch()
         if plan.settings_raw is not None:
             shutil.copy2(plan.settings_path, where.backup_path)
             done.append(functools.partial(where.backup_path.unlink, missing_ok=True))
@@ -464,9 +477,17 @@ def _apply(plan: Plan, build_settings: Callable[[], bytes], options: Mapping[str
 
 
 def _remove_state_if_ours(where: Scope, claude_dir_existed: bool) -> None:
-    """When install made .claude only to hold hookopt's state and no install is left, take it away."""
+    """When no install is left, take away the state dir if it holds nothing else, and .claude
+    with it when install made .claude only to hold hookopt's state."""
     others = [p for p in where.state.glob("install*.json") if p != where.manifest_path]
-    if others or not (claude_dir_existed is False or (where.state / CREATED_MARKER).exists()):
+    if others:
+        return
+    if claude_dir_existed is not False and not (where.state / CREATED_MARKER).exists():
+        with contextlib.suppress(OSError):
+            # Install made the state dir and nothing else was put there since (no daemon state).
+            if {p.name for p in where.state.iterdir()} <= {".gitignore", CREATED_STATE_MARKER, CREATED_MARKER}:
+                if (where.state / CREATED_STATE_MARKER).exists():
+                    shutil.rmtree(where.state)
         return
     shutil.rmtree(where.state, ignore_errors=True)
     with contextlib.suppress(OSError):
