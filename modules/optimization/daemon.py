@@ -109,6 +109,18 @@ def _claude_pid(raw: bytes) -> dict[str, str]:
     return {"CLAUDE_PID": raw[start + 11 : end if end >= 0 else len(raw)].decode("ascii", "replace")}
 
 
+def _file_stamps(paths: Sequence[Path]) -> list[tuple[int, int, int] | None]:
+    """Identity, size and mtime of each file (None when missing): a cheap test for a change."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
 def _parse_env(raw: bytes) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in raw.split(b"\0"):
@@ -144,6 +156,7 @@ class Daemon:
         self.endpoint = http_endpoint(project)
         self.runner = LegacyRunner()
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
+        self._stack_stamps = _file_stamps(self.stacks.watched())
         self._watched = self._stamps()
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
@@ -281,7 +294,11 @@ class Daemon:
 
     def legacy_command(self, script: str, argv: Sequence[str], cwd: str) -> str | None:
         """The command an installed stub stands for: its original interpreter on the script."""
-        interpreter = self.stacks.legacy_command(os.path.realpath(os.path.join(cwd, script)))
+        path = os.path.realpath(os.path.join(cwd, script))
+        interpreter = self.stacks.legacy_command(path)
+        if interpreter is None:  # installed since the last look?
+            self._refresh_stacks()
+            interpreter = self.stacks.legacy_command(path)
         return None if interpreter is None else shlex.join([interpreter, script, *argv])
 
     async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
@@ -305,6 +322,7 @@ class Daemon:
             event = parse_event(raw)
         except ProtocolError as exc:
             return HookResult(*bad_input(raw, exc))
+        self._refresh_stacks()
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
@@ -401,16 +419,24 @@ class Daemon:
                 stamps[str(path)] = 0
         return stamps
 
+    def _refresh_stacks(self) -> None:
+        """Reload the installs if a scope's manifest or settings changed: an install of another
+        scope (the user scope serves every project's daemon) counts from its first event."""
+        stamps = _file_stamps(self.stacks.watched())
+        if stamps != self._stack_stamps:
+            try:
+                self.stacks = load_stacks(self.project)
+            except ValueError as exc:
+                log.error("install manifest unreadable, keeping the previous one: %s", exc)
+            self._stack_stamps = _file_stamps(self.stacks.watched())
+
     def reload_if_changed(self) -> bool:
         """Rebuild the engine when a configuration file changed; keep the old one if the new is invalid."""
         stamps = self._stamps()
         if stamps == self._watched:
             return False
         self._watched = stamps
-        try:
-            self.stacks = load_stacks(self.project)
-        except ValueError as exc:
-            log.error("install manifest unreadable, keeping the previous one: %s", exc)
+        self._refresh_stacks()
         try:
             settings = load_settings(self.project, os.environ)
             if not settings.enabled:
