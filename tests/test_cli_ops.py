@@ -20,7 +20,7 @@ def hookopt(rt, *args):
 
 def test_status_not_running_then_running(rt):
     idle = hookopt(rt, "status")
-    assert idle.returncode == 3 and "daemon: not running" in idle.stdout and "installed: no" in idle.stdout
+    assert idle.returncode == 3 and "daemon: not running" in idle.stdout and "installed (project, " in idle.stdout and "): no" in idle.stdout
     rt.start()
     for command in ("rm -rf /", "ls", "rm -rf /"):
         rt.hook(pre_event(rt.project, command))

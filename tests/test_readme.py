@@ -137,7 +137,10 @@ def test_shell_blocks_run_as_written(tmp_path):
         project = tmp_path / f"block{number}" / "myproject"
         shutil.copytree(ROOT / "examples" / "project", project, ignore=shutil.ignore_patterns("hookopt", "logs"))
         before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+        home = tmp_path / f"block{number}" / "home"  # `--scope user` writes ~/.claude: never the real one
+        home.mkdir()
         with private_runtime(project) as rt:
+            rt.env["HOME"] = str(home)
             for line in body.strip().splitlines():
                 words = shlex.split(line.split("  #")[0].replace("~/code/myproject", str(project)))
                 if words[:3] in (["uv", "tool", "install"], ["pipx", "install", "."]):

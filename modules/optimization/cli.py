@@ -16,10 +16,11 @@ from typing import Any, Callable, Iterator, Sequence
 from . import benchmark, client
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
+from .scopes import SCOPE_NAMES, scope as settings_scope
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .protocol import ProtocolError, interpret, parse_event
 from .resources import shipped
-from .stack import load_manifest
+from .stack import load_manifest, load_manifest_at
 
 __all__ = ["main"]
 
@@ -158,16 +159,30 @@ def _daemon_status(project: Path) -> dict[str, Any] | None:
     return json.loads(reply[1]) if reply and reply[0] == 0 else None
 
 
-def cmd_install(project: Path, profile: str | None, transport: str, consolidate: bool) -> int:
-    """Install hookopt over the project's existing hooks."""
-    install(project, profile=profile, transport="http" if transport == "http" else "command", consolidate_hooks=consolidate)
+def cmd_install(project: Path, profile: str | None, transport: str, consolidate: bool, scope: str = "project") -> int:
+    """Install hookopt over the existing hooks of one settings scope."""
+    install(
+        project, profile=profile, transport="http" if transport == "http" else "command", consolidate_hooks=consolidate,
+        scope_name=scope,
+    )
     return EXIT_OK
 
 
-def cmd_uninstall(project: Path, force: bool) -> int:
-    """Restore every replaced script and settings.json, byte for byte."""
-    uninstall(project, force=force)
+def cmd_uninstall(project: Path, force: bool, scope: str = "project") -> int:
+    """Restore every replaced script and the scope's settings file, byte for byte."""
+    uninstall(project, force=force, scope_name=scope)
     return EXIT_OK
+
+
+def _installs(project: Path, scopes: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """The install manifest of each scope (None where hookopt is not installed)."""
+    found = {}
+    for name in scopes:
+        try:
+            found[name] = load_manifest_at(settings_scope(name, project).manifest_path)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    return found
 
 
 def _enabled_in_settings(project: Path) -> bool:
@@ -180,20 +195,29 @@ def _enabled_in_settings(project: Path) -> bool:
 _ASK = object()
 
 
-def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK) -> int:
-    """Show the daemon, profile, pool, cache, breakers and per-hook latency."""
+def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str | None = None) -> int:
+    """Show the installs, the daemon, profile, pool, cache, breakers and per-hook latency.
+
+    scope limits the install lines to one settings scope (default: every scope that applies).
+    """
     project = project.resolve()
     if status is _ASK:
         status = _daemon_status(project)
-    manifest = load_manifest(project)
+    installs = _installs(project, [scope] if scope else SCOPE_NAMES)
     if as_json:
-        print(json.dumps({"running": status is not None, "daemon": status, "installed": manifest is not None}, indent=2))
+        scopes = {name: manifest is not None for name, manifest in installs.items()}
+        print(json.dumps({"running": status is not None, "daemon": status, "installed": any(scopes.values()), "scopes": scopes}, indent=2))
         return EXIT_OK if status else EXIT_NOT_RUNNING
-    if manifest:
-        kind = "one client per event" if manifest.get("consolidate") else "stubs"
-        print(f"installed: yes ({kind}, transport {manifest.get('transport')}, {len(manifest.get('scripts', []))} script(s) kept as .original)")
-    else:
-        print("installed: no (hookopt install adds it over your hooks)")
+    for name, manifest in installs.items():
+        where = settings_scope(name, project).settings_path
+        if manifest:
+            kind = "one client per event" if manifest.get("consolidate") else "stubs"
+            print(
+                f"installed ({name}, {where}): yes ({kind}, transport {manifest.get('transport')}, "
+                f"{len(manifest.get('scripts', []))} script(s) kept as .original)"
+            )
+        else:
+            print(f"installed ({name}, {where}): no (hookopt install --scope {name} adds it over its hooks)")
     if status is None:
         if not _enabled_in_settings(project):
             print('daemon: not running: optimization is off ("enabled": false); the hooks run without it')
@@ -354,6 +378,15 @@ def _project_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="project directory (default: the current one)")
 
 
+def _scope_option(parser: argparse.ArgumentParser, default: str | None, what: str) -> None:
+    parser.add_argument(
+        "--scope", choices=SCOPE_NAMES, default=default,
+        help=f"{what}: project = PROJECT/.claude/settings.json, local = PROJECT/.claude/settings.local.json, "
+        "user = ~/.claude/settings.json (scripts under ~/.claude; applies to every project)"
+        + (f" (default: {default})" if default else " (default: every scope)"),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hookopt",
@@ -393,14 +426,18 @@ def _parser() -> argparse.ArgumentParser:
     inst = sub.add_parser(
         "install",
         help="speed up a project's existing hooks, keeping every original",
-        description="Install hookopt over the hooks in PROJECT/.claude/settings.json. Each Python hook script is "
+        description="Install hookopt over the hooks of one settings scope (--scope; default "
+        "PROJECT/.claude/settings.json). Each Python hook script is "
         "kept byte for byte as NAME.original and replaced by a stub that runs it warm in the project's daemon; "
         "settings.json is backed up first and only hook commands change (absolute interpreter, no shim). "
         "Running it twice changes nothing. It refuses, changing nothing, on a foreign NAME.original, a "
-        "settings.json that is not valid JSON, or a symlink leading out of the project. Exit 0 on success "
+        "settings file that is not valid JSON, or a symlink leading out of the scope's root (the project, "
+        "or ~/.claude for --scope user). Each scope installs and uninstalls on its own, with its own backup; "
+        "Claude Code runs the hooks of every scope together, and so does hookopt. Exit 0 on success "
         "(also when already installed), 1 on refusal.",
     )
     _project_option(inst)
+    _scope_option(inst, "project", "the settings file whose hooks to install over")
     inst.add_argument("--profile", choices=PROFILE_NAMES, help="profile to write into the project's settings")
     inst.add_argument(
         "--transport", choices=("command", "http"), default="command",
@@ -421,6 +458,7 @@ def _parser() -> argparse.ArgumentParser:
         "(exit 1, nothing changed) if a stub or settings.json changed since install, unless --force.",
     )
     _project_option(uninst)
+    _scope_option(uninst, "project", "the settings scope to restore")
     uninst.add_argument("--force", action="store_true", help="restore even if files changed since install")
     status = sub.add_parser(
         "status",
@@ -430,6 +468,7 @@ def _parser() -> argparse.ArgumentParser:
         "until Ctrl-C (or --count frames); the exit code is that of the last frame.",
     )
     _project_option(status)
+    _scope_option(status, None, "which scope's install to report")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON (with --watch: one object a line)")
     status.add_argument("--watch", action="store_true", help="keep redrawing the status, with events/s, until Ctrl-C")
     status.add_argument("--interval", type=_positive_float, default=2.0, metavar="S", help="seconds between --watch frames (default: 2)")
@@ -475,15 +514,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CommandError("--rounds must be at least 1")
             return cmd_bench(args.project, args.events, args.rounds, args.chart)
         if args.command == "install":
-            return cmd_install(args.project, args.profile, args.transport, args.consolidate)
+            return cmd_install(args.project, args.profile, args.transport, args.consolidate, args.scope)
         if args.command == "uninstall":
-            return cmd_uninstall(args.project, args.force)
+            return cmd_uninstall(args.project, args.force, args.scope)
         if args.command == "status":
             if args.watch:
                 return cmd_status_watch(args.project, args.json, args.interval, args.count)
             if args.count is not None:
                 raise CommandError("--count only applies with --watch")
-            return cmd_status(args.project, args.json)
+            return cmd_status(args.project, args.json, scope=args.scope)
         if args.command == "dashboard":
             path = shipped("config", "dashboards", "hookopt.json")
             print(path if args.path else path.read_text(encoding="utf-8"), end="\n" if args.path else "")

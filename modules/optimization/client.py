@@ -238,17 +238,21 @@ def _site() -> None:
     site.main()  # the fast path runs under -S; the slow paths need site-packages
 
 
-def stack_fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
-    """Run the project's installed stack the slow way: each hook spawned, as Claude Code would."""
+def stack_fallback(raw: bytes, project: str, scope: str = "project") -> "tuple[int, bytes, bytes]":
+    """Run a scope's installed stack the slow way: each hook spawned, as Claude Code would."""
     _site()
     from modules.optimization.hook_integration import run_stack_spawned
 
-    return run_stack_spawned(raw, project, posix.getcwd())
+    return run_stack_spawned(raw, project, posix.getcwd(), scope)
 
 
 def main_stack() -> int:
-    """Run one hook event through the project's installed (consolidated) hook stack."""
-    return _answer("stack", stack_fallback)
+    """Run one hook event through a scope's installed (consolidated) hook stack.
+
+    The client's one argument names the settings scope it was installed in (project when
+    absent), so the daemon runs only that scope's hooks."""
+    scope = sys.argv[1] if len(sys.argv) > 1 else "project"
+    return _answer("stack", lambda raw, project: stack_fallback(raw, project, scope), argv=scope.encode())
 
 
 def run_original(script: str, argv: "list[str]") -> int:

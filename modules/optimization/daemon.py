@@ -46,7 +46,7 @@ from .hook_pool import LegacyRunner
 from .logfile import log_to
 from .supervisor import Policy, Supervisor, WorkerContext
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
-from .stack import MANIFEST_NAME, StackHook, combine_selected, load_manifest, select
+from .stack import StackHook, combine_selected, load_stacks
 
 __all__ = ["Daemon", "main"]
 
@@ -163,6 +163,18 @@ def _claude_pid(raw: bytes) -> dict[str, str]:
     return {"CLAUDE_PID": raw[start + 11 : end if end >= 0 else len(raw)].decode("ascii", "replace")}
 
 
+def _file_stamps(paths: Sequence[Path]) -> list[tuple[int, int, int] | None]:
+    """Identity, size and mtime of each file (None when missing): a cheap test for a change."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return stamps
+
+
 def _parse_env(raw: bytes) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in raw.split(b"\0"):
@@ -197,7 +209,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.endpoint = http_endpoint(project)
         self.runner = LegacyRunner()
-        self.manifest = load_manifest(project)
+        self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
+        self._stack_stamps = _file_stamps(self.stacks.watched())
         self._watched = self._stamps()
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
@@ -326,8 +339,9 @@ class Daemon:
             # Built-in validators read no client environment: decoding it all would cost every event.
             return _reply(await self.dispatch(sections["body"], _claude_pid(sections["env"])))
         env = _parse_env(sections["env"])
-        if op == "stack":
-            return _reply(await self.dispatch_stack(sections["body"], env, cwd))
+        if op == "stack":  # argv: the client's scope (project when empty)
+            scope = sections["argv"].decode("utf-8", "replace") or "project"
+            return _reply(await self.dispatch_stack(sections["body"], env, cwd, scope))
         if op == "legacy":
             self._active(env)  # a stub's call is activity too: a stubs-only daemon must not idle out under traffic
             script = sections["script"].decode("utf-8", "surrogateescape")
@@ -345,10 +359,11 @@ class Daemon:
     def legacy_command(self, script: str, argv: Sequence[str], cwd: str) -> str | None:
         """The command an installed stub stands for: its original interpreter on the script."""
         path = os.path.realpath(os.path.join(cwd, script))
-        for entry in (self.manifest or {}).get("scripts", []):
-            if os.path.realpath(self.project / entry["path"]) == path:
-                return shlex.join([entry["interpreter"], script, *argv])
-        return None
+        interpreter = self.stacks.legacy_command(path)
+        if interpreter is None:  # installed since the last look?
+            self._refresh_stacks()
+            interpreter = self.stacks.legacy_command(path)
+        return None if interpreter is None else shlex.join([interpreter, script, *argv])
 
     async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
         """Run hooks warm in parallel, as Claude Code runs them; their results in the same order."""
@@ -362,8 +377,8 @@ class Daemon:
 
         return list(await asyncio.gather(*(one(h) for h in hooks)))
 
-    async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
-        """Answer one event with the project's installed stack; observers journaled first."""
+    async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str, scope: str = "project") -> HookResult:
+        """Answer one event with a scope's installed stack; observers journaled first."""
         self.last_activity = self.clock()
         self.events += 1
         self._track_session(env)
@@ -371,8 +386,10 @@ class Daemon:
             event = parse_event(raw)
         except ProtocolError as exc:
             return HookResult(*bad_input(raw, exc))
-        if self.manifest is None:
-            return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in {self.project}")))
+        self._refresh_stacks()
+        installed = self.stacks.get(scope)
+        if installed is None or installed.manifest is None:
+            return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
         note = b""
         if event["hook_event_name"] not in GUARDED_EVENTS:
             try:
@@ -381,7 +398,7 @@ class Daemon:
                 log.error("%s event not recorded: %s", event["hook_event_name"], exc)
                 note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
         start = time.perf_counter()
-        hooks = select(self.manifest.get("hooks") or {}, event)
+        hooks = self.stacks.select(scope, event)
         result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
@@ -419,7 +436,8 @@ class Daemon:
                     response = _http(404, b"POST /hook with the event as JSON\n", close=not keep)
                 else:
                     if path.startswith("/hook/stack"):
-                        result = await self.dispatch_stack(body, os.environ, str(self.project))
+                        scope = path[len("/hook/stack/"):] or "project"
+                        result = await self.dispatch_stack(body, os.environ, str(self.project), scope)
                     else:
                         result = await self.dispatch(body)
                     status, payload = http_reply(_event_name(body), result)
@@ -449,7 +467,8 @@ class Daemon:
             "breakers": self.engine.breakers.states(),
             "observers": self.observers.stats(),
             "legacy": self.runner.stats(),
-            "installed": self.manifest is not None,
+            "installed": bool(self.stacks.installed()),
+            "scopes": [s.scope.name for s in self.stacks.installed()],
             "http_port": self.endpoint.get("port"),
             "metrics_port": self.endpoint.get("metrics_port"),
             "monitor": self.monitor.snapshot(),
@@ -458,13 +477,23 @@ class Daemon:
 
     def _stamps(self) -> dict[str, int]:
         stamps = {}
-        manifest = self.state / MANIFEST_NAME
-        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH, manifest, *self.settings.validator_files):
+        for path in (self.project / ".claude" / "settings.json", DEFAULTS_PATH, *self.stacks.watched(), *self.settings.validator_files):
             try:
                 stamps[str(path)] = path.stat().st_mtime_ns
             except OSError:
                 stamps[str(path)] = 0
         return stamps
+
+    def _refresh_stacks(self) -> None:
+        """Reload the installs if a scope's manifest or settings changed: an install of another
+        scope (the user scope serves every project's daemon) counts from its first event."""
+        stamps = _file_stamps(self.stacks.watched())
+        if stamps != self._stack_stamps:
+            try:
+                self.stacks = load_stacks(self.project)
+            except ValueError as exc:
+                log.error("install manifest unreadable, keeping the previous one: %s", exc)
+            self._stack_stamps = _file_stamps(self.stacks.watched())
 
     def reload_if_changed(self) -> bool:
         """Rebuild the engine when a configuration file changed; keep the old one if the new is invalid."""
@@ -472,10 +501,7 @@ class Daemon:
         if stamps == self._watched:
             return False
         self._watched = stamps
-        try:
-            self.manifest = load_manifest(self.project)
-        except ValueError as exc:
-            log.error("install manifest unreadable, keeping the previous one: %s", exc)
+        self._refresh_stacks()
         try:
             settings = load_settings(self.project, os.environ)
             if not settings.enabled:

@@ -44,7 +44,7 @@ from .protocol import (
     parse_event,
     pre_tool_use_result,
 )
-from .stack import load_manifest, run_spawned
+from .stack import load_stacks, run_selected
 from .subprocess_coordinator import ProcessCoordinator
 from .validators.base import PASS, Policy, Validator, Verdict
 from .validators.post_tool_use import builtin_post
@@ -364,16 +364,17 @@ def _spool(root: Path, event: Mapping[str, Any]) -> bytes:
     return b""
 
 
-def run_stack_spawned(raw: bytes, project: str, cwd: str) -> tuple[int, bytes, bytes]:
-    """Run a project's installed hook stack for one raw event, each hook spawned (the fallback)."""
+def run_stack_spawned(raw: bytes, project: str, cwd: str, scope: str = "project") -> tuple[int, bytes, bytes]:
+    """Run a scope's installed hook stack for one raw event, each hook spawned (the fallback)."""
     try:
         event = parse_event(raw)
-        manifest = load_manifest(Path(project))
-        if manifest is None:
-            raise ConfigError(f"hookopt is not installed in {project}; run `hookopt install`")
+        stacks = load_stacks(Path(project))
+        installed = stacks.get(scope)
+        if installed is None or installed.manifest is None:
+            raise ConfigError(f"hookopt is not installed in the {scope} scope of {project}; run `hookopt install --scope {scope}`")
     except (ProtocolError, ValueError) as exc:
         return bad_input(raw, exc)
-    result = run_spawned(manifest.get("hooks") or {}, event, raw, os.environ, cwd)
+    result = run_selected(stacks.select(scope, event), event, raw, os.environ, cwd)
     return result.exit_code or 0, result.stdout, result.stderr + _spool(Path(project), event)
 
 

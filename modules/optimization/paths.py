@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["project_dir", "state_dir"]
+__all__ = ["STATE_DIRNAME", "project_dir", "state_dir"]
 
 STATE_DIRNAME = "hookopt"
 

@@ -5,24 +5,32 @@ its manifest. The daemon (warm) and the thin client's fallback (spawned) both
 select commands here, exactly as Claude Code would: every group whose matcher
 matches, identical command strings once; hooks it cannot reproduce exactly (see
 ``left_reason``) are left to Claude Code.
+
+Each settings scope (project, local, user: see scopes.py) has its own manifest and
+its own client command, so the daemon serves a client only its scope's hooks. A
+command string that hooks of several scopes share runs once in Claude Code; so
+a scope's client leaves out a command that another scope already runs (natively,
+or through a client of a scope Claude Code ranks higher).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Mapping, Sequence
+from typing import Any, Final, Iterator, Mapping, Sequence
 
 from .hook_pool import spawn
 from .paths import state_dir
 from .consolidation import CONSOLIDATED_EVENTS, combine_stack
 from .protocol import HookResult, matcher_matches, matcher_subject
+from .scopes import PRECEDENCE, Scope, scope
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "MANIFEST_NAME", "StackHook", "combine_selected", "consolidated", "left_reason",
-    "load_manifest", "run_spawned", "select",
+    "DEFAULT_TIMEOUT_S", "MANIFEST_NAME", "ScopeStack", "StackHook", "Stacks", "combine_selected", "consolidated",
+    "left_reason", "load_manifest", "load_stacks", "run_selected", "run_spawned", "select",
 ]
 
 MANIFEST_NAME: Final = "install.json"
@@ -38,8 +46,12 @@ class StackHook:
 
 
 def load_manifest(project: Path) -> dict[str, Any] | None:
-    """The install manifest of a project, or None when hookopt is not installed there."""
-    path = state_dir(project, create=False) / MANIFEST_NAME
+    """The project-scope install manifest of a project, or None when hookopt is not installed there."""
+    return load_manifest_at(state_dir(project, create=False) / MANIFEST_NAME)
+
+
+def load_manifest_at(path: Path) -> dict[str, Any] | None:
+    """An install manifest, or None when there is none."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -88,6 +100,99 @@ def select(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> list[StackHook
     return list(chosen.values())
 
 
+def _matched_commands(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
+    """(command, consolidated) for every command hook whose group matches the event."""
+    subject = matcher_subject(event)
+    name = str(event.get("hook_event_name"))
+    for group in hooks.get(name, []) or []:
+        if not isinstance(group, dict) or not matcher_matches(group.get("matcher"), subject):
+            continue
+        for hook in group.get("hooks", []) or []:
+            if isinstance(hook, dict) and hook.get("type") == "command" and isinstance(hook.get("command"), str):
+                yield hook["command"], consolidated(name, hook)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeStack:
+    """One scope's hooks as Claude Code would run them without hookopt, and how they are installed."""
+
+    scope: Scope
+    hooks: Mapping[str, Any]  # the original hooks: from the manifest when installed, else the settings file
+    manifest: Mapping[str, Any] | None = None
+
+    @property
+    def consolidated(self) -> bool:
+        """Whether a client of this scope runs its consolidated hooks (else Claude Code runs them all)."""
+        return bool(self.manifest and self.manifest.get("consolidate"))
+
+
+@dataclass(frozen=True, slots=True)
+class Stacks:
+    """Every scope that applies to a project, highest precedence first."""
+
+    scopes: tuple[ScopeStack, ...]
+
+    def get(self, name: str) -> ScopeStack | None:
+        return next((s for s in self.scopes if s.scope.name == name), None)
+
+    def installed(self) -> list[ScopeStack]:
+        return [s for s in self.scopes if s.manifest is not None]
+
+    def select(self, name: str, event: Mapping[str, Any]) -> list[StackHook]:
+        """The hooks scope name's client runs: its own selection, minus what another scope runs."""
+        own = self.get(name)
+        if own is None or not own.consolidated:
+            return []
+        rank = PRECEDENCE.index(own.scope.name)
+        taken: set[str] = set()
+        for other in self.scopes:
+            if other is own:
+                continue
+            higher = PRECEDENCE.index(other.scope.name) < rank
+            for command, moved in _matched_commands(other.hooks, event):
+                # Claude Code runs it itself, or a client Claude Code ranks higher does.
+                if not (other.consolidated and moved) or higher:
+                    taken.add(command)
+        return [h for h in select(own.hooks, event) if h.command not in taken]
+
+    def legacy_command(self, path: str) -> str | None:
+        """The interpreter an installed stub's original runs with, for the stub's real path."""
+        for stack in self.installed():
+            root = Path(str((stack.manifest or {}).get("root") or stack.scope.root))
+            for entry in (stack.manifest or {}).get("scripts", []):
+                if os.path.realpath(root / entry["path"]) == path:
+                    return str(entry["interpreter"])
+        return None
+
+    def watched(self) -> list[Path]:
+        """The files whose change changes what select returns."""
+        return [p for s in self.scopes for p in (s.scope.settings_path, s.scope.manifest_path)]
+
+
+def _settings_hooks(path: Path) -> Mapping[str, Any]:
+    """The hooks of a settings file, or none when it is missing or broken (Claude Code then reports it)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    hooks = data.get("hooks") if isinstance(data, dict) else None
+    return hooks if isinstance(hooks, dict) else {}
+
+
+def load_stacks(project: Path, home: Path | None = None) -> Stacks:
+    """What every scope of a project holds: installs (manifests) and plain settings.
+
+    Raises ValueError when a manifest is unreadable.
+    """
+    stacks = []
+    for name in PRECEDENCE:
+        where = scope(name, project, home)
+        manifest = load_manifest_at(where.manifest_path)
+        hooks = (manifest.get("hooks") or {}) if manifest is not None else _settings_hooks(where.settings_path)
+        stacks.append(ScopeStack(where, hooks, manifest))
+    return Stacks(tuple(stacks))
+
+
 def combine_selected(event: Mapping[str, Any], hooks: Sequence[StackHook], results: Sequence[HookResult]) -> HookResult:
     """The one output Claude Code renders as it would render these hooks' results."""
     if not hooks:
@@ -97,7 +202,11 @@ def combine_selected(event: Mapping[str, Any], hooks: Sequence[StackHook], resul
 
 def run_spawned(hooks: Mapping[str, Any], event: Mapping[str, Any], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
     """Run the event's stack the slow way, each hook spawned in parallel as Claude Code would."""
-    selected = select(hooks, event)
+    return run_selected(select(hooks, event), event, raw, env, cwd)
+
+
+def run_selected(selected: Sequence[StackHook], event: Mapping[str, Any], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
+    """Run these hooks of the event the slow way, each spawned in parallel, and combine them."""
     if not selected:
         return HookResult(0)
 
