@@ -170,16 +170,19 @@ def test_matcher_selects_validators(project):
     assert seen == ["Edit", "Write"]
 
 
-def test_decorator_registers_user_validator(project, monkeypatch):
-    monkeypatch.setattr(hook_integration, "_REGISTERED", [])
-
+def test_decorator_marks_a_user_validator_that_the_engine_collects(project):
     @validator(matcher="Bash")
     def no_force_push(ev):
         if "push --force" in ev["tool_input"].get("command", ""):
             return Verdict("deny", "force-push is not allowed here")
         return PASS
 
-    engine = Engine(project, load_settings(project))
+    def unmarked(ev):
+        return Verdict("deny", "never collected")
+
+    collected = hook_integration.collect_validators({"a": no_force_push, "b": unmarked, "c": 3})
+    assert [v.name for v in collected] == ["no_force_push"]
+    engine = Engine(project, load_settings(project), extra_validators=collected)
     try:
         assert decision(engine, event(command="git push --force", project=project)).reason == "force-push is not allowed here"
         assert decision(engine, event(command="git push", project=project)).decision is None
@@ -266,7 +269,7 @@ def test_project_validator_files_are_loaded(project):
         assert "no_force_push" in [v.name for v in engine.validators]
     finally:
         engine.close()
-    assert hook_integration.registered_validators() == ()  # nothing leaks into the process registry
+    assert not hasattr(hook_integration, "_REGISTERED")  # marked on the function: no process-wide registry
 
 
 @pytest.mark.parametrize(

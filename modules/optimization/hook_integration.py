@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, TypeVar
+from types import ModuleType
+from typing import Any, BinaryIO, Callable, Final, Iterable, Mapping, Sequence, TypeVar
 
 from .async_db import SPOOL_NAME, spool_event
 from .async_orchestrator import Orchestrator, TaskSpec
@@ -58,7 +59,7 @@ __all__ = [
     "bad_input",
     "evaluate_bytes",
     "not_recorded",
-    "registered_validators",
+    "collect_validators",
     "run_hook",
     "validator",
 ]
@@ -68,8 +69,10 @@ GUARDED_EVENTS = frozenset({"PreToolUse", "PermissionRequest"})
 
 F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
 log = logging.getLogger("hookopt.engine")
-_REGISTERED: list[Validator] = []
 _MATCHING_CACHE_SIZE = 1024
+
+
+VALIDATOR_MARK: Final = "hookopt_validator"
 
 
 def validator(
@@ -83,43 +86,40 @@ def validator(
     depends_on: Sequence[str] = (),
     isolated: bool = False,
 ) -> Callable[[F], F]:
-    """Register a function (event -> Verdict) as a validator the engine runs.
+    """Mark a function (event -> Verdict) as a validator; the engine collects marked functions
+    from the modules it loads (as pluggy marks hook implementations), nothing global.
 
     isolated runs it in a worker process of the isolated-validator pool, under the
     profile's memory and CPU limits (a heavy or untrusted check).
     """
 
-    def register(fn: F) -> F:
-        _REGISTERED.append(
-            Validator(
-                name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on), isolated
-            )
-        )
+    def mark(fn: F) -> F:
+        spec = Validator(name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on), isolated)
+        setattr(fn, VALIDATOR_MARK, spec)
         return fn
 
-    return register
+    return mark
 
 
-def registered_validators() -> tuple[Validator, ...]:
-    """The validators registered with @validator so far."""
-    return tuple(_REGISTERED)
+def collect_validators(namespace: ModuleType | Mapping[str, Any]) -> tuple[Validator, ...]:
+    """The validators marked with @validator in a module (or a namespace), in definition order."""
+    values = vars(namespace).values() if isinstance(namespace, ModuleType) else namespace.values()
+    return tuple(spec for value in values if isinstance(spec := getattr(value, VALIDATOR_MARK, None), Validator))
 
 
 def load_validator_file(path: Path) -> tuple[Validator, ...]:
-    """Run a project's validator module and return what it registered with @validator."""
+    """Run a project's validator module and collect what it marked with @validator."""
     if not path.is_file():
         raise ConfigError(f"{path}: validator file not found")
     spec = importlib.util.spec_from_file_location(f"hookopt_user_{abs(hash(str(path)))}", path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"{path}: cannot load as a Python module")
-    before = len(_REGISTERED)
+    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        return tuple(_REGISTERED[before:])
+        spec.loader.exec_module(module)
     except Exception as exc:
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
-    finally:
-        del _REGISTERED[before:]  # they belong to this engine, not to the process
+    return collect_validators(module)
 
 
 def _verdict_result(event_name: str, verdict: Verdict) -> HookResult:
@@ -154,6 +154,7 @@ class Engine:
         settings: Settings | None = None,
         *,
         validators: Sequence[Validator] | None = None,
+        extra_validators: Iterable[Validator] = (),
         monitor: Monitor | None = None,
         persist: bool = True,
     ) -> None:
@@ -166,7 +167,7 @@ class Engine:
             else BUILTIN_PRE
             + builtin_post()
             + builtin_session(self.status_line)
-            + registered_validators()
+            + tuple(extra_validators)
             + tuple(v for path in self.settings.validator_files for v in load_validator_file(path))
         )
         self.monitor = monitor
