@@ -114,7 +114,7 @@ CASES = [
         "syntax-error", "plain",
     )),
     *(Case(f"finalizers-{m}", f"python3 {H}/finalizers.py {m}") for m in (
-        "del", "generator", "unclosed-file", "weakref-callback", "finalize", "replaced-stdout", "thread", "none",
+        "del", "generator", "unclosed-file", "closed-file", "weakref-callback", "finalize", "replaced-stdout", "thread", "none",
     )),
     Case("finalizers-dev-mode", f"python3 -X dev {H}/finalizers.py unclosed-file"),
     Case("shebang-direct", f"{H}/shebang_env.py arg1"),

@@ -522,9 +522,23 @@ def _finalizers_pending() -> bool:
     for obj in gc.get_objects():  # after gc.freeze() in the zygote: only what the child made
         if id(obj) in _OWN_IDS:
             continue
+        if type(obj) in _PLAIN_IO and _closed(obj):
+            continue  # `with open(...) as f` leaves f: a closed built-in file's __del__ does nothing
         if hasattr(type(obj), "__del__") or (isinstance(obj, ref_type) and _observable(obj.__callback__)):
             return True
     return False
+
+
+# The C io classes: their finaliser (iobase_finalize) returns at once for a closed object.
+# Subclasses may define their own __del__ or close(): they still count.
+_PLAIN_IO = frozenset((io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper, io.BytesIO, io.StringIO))
+
+
+def _closed(obj: "Any") -> bool:
+    try:
+        return obj.closed is True
+    except Exception:  # a TextIOWrapper whose buffer is detached, say
+        return False
 
 
 def _observable(callback: "Any") -> bool:
