@@ -109,6 +109,8 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
     post = bash_event(project, "x", hook="PostToolUse")
     post.update(tool_name="Edit", tool_input={"file_path": str(target), "old_string": "a", "new_string": "b"})
     cases["PostToolUse"].append((json.dumps(post), [str(hooks / name) for name in POST_HOOKS]))
+    # No hook matches a Glob call: what each side costs around the hooks themselves.
+    cases["PreToolUse/Glob"] = [(json.dumps(bash_event(project, "x", tool_name="Glob", tool_input={"pattern": "*.py"})), [])]
     rounds = sized(benchmark, 5, 60)
     times = {(event, side): [] for event in cases for side in ("daemon", "naive")}
 
@@ -129,7 +131,7 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
         line = naive.stdout.readline()
         elapsed = time.perf_counter() - start
         results = [HookResult(code, out.encode(), err.encode()) for code, out, err in json.loads(line)]
-        return elapsed, combine(event_name, results)
+        return elapsed, combine(event_name.partition("/")[0], results) if results else HookResult(0)
 
     def measure():
         with client_env(daemon):

@@ -48,6 +48,7 @@ _LAUNCH_PREFIXES: Final = ("PYTHON", "PYENV", "ASDF", "MISE", "RTX", "UV_", "VIR
 # What shapes a fresh interpreter's state before the script's first line (sys.path, user
 # site, locale, UTF-8 mode, stdio): one zygote per distinct set of values.
 _STARTUP_VARS: Final = frozenset({"HOME", "LANG", "LC_ALL", "LC_CTYPE"})
+_QUOTING: Final = ("linecache", "tokenize")
 _PROBE: Final = """\
 import json, os, sys
 try:
@@ -181,7 +182,10 @@ class LegacyRunner:
                 stamp = self._stamp(plan.code_path or "")
                 done = self._preloaded.setdefault(id(server), set())
                 if stamp not in done or not set(plan.requires) <= server.loaded:
-                    wanted = [m for m in (*imports, *plan.requires) if m.partition(".")[0] not in local | refused]
+                    # A stub's child fills linecache with its original's lines (forkserver._quote_from):
+                    # importing linecache and tokenize there would cost every run 2 ms.
+                    quoting = _QUOTING if plan.stub else ()
+                    wanted = [m for m in (*imports, *plan.requires, *quoting) if m.partition(".")[0] not in local | refused]
                     self._counts["preloads"] += 1
                     try:
                         await server.preload(wanted)

@@ -54,6 +54,11 @@ class Plan:
     requires: tuple[str, ...] = ()  # import names that must load warm (uv scripts' dependencies)
     replaces_shell: bool = False  # `exec python ...`: no sh waits for it, so a signal death is reported as is
 
+    @property
+    def stub(self) -> bool:
+        """Whether the script is our stub, run as its .original (tracebacks quote the original's lines)."""
+        return self.code_path is not None and self.code_path.endswith(".original")
+
 
 class Planner:
     """Decide, as sh would read a hook command, whether it is a Python script that can run warm."""
