@@ -171,6 +171,7 @@ class _Zygote:
         self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
         self.main: "Any" = None  # in a spare: the fresh __main__ made ahead
         self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
+        self.to_compile: "dict[tuple[str, str], None]" = {}  # (code_path, filename) seen in runs, not compiled yet
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -299,11 +300,16 @@ class _Zygote:
         self.peak = min(_MAX_SPARES, max(self.peak, len(self.children) + 1))
         if run is not None:
             self.last = run
+            key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
+            if key not in _CODES:
+                self.to_compile[key] = None  # compiled before the next spare is forked: it inherits the code
 
     # -- spares ---------------------------------------------------------------------
 
     def fork_spare(self) -> "tuple[dict[str, object], list[int]] | None":
         """Fork a child that waits for a run; return only in that child, once its job came."""
+        while self.to_compile:
+            _precompile(*self.to_compile.popitem()[0])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         gc.freeze()  # as for a direct fork (see handle)
         pid = os.fork()
@@ -447,8 +453,12 @@ class _Zygote:
         os.close(sink)
         return ok, noisy
 
-    def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[int, bytes, bool]":
-        """Turn this fork (past leave()) into the process ``python script args`` would be; return (FILE*, filename, is .pyc)."""
+    def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[Any, int, bytes, bool]":
+        """Turn this fork (past leave()) into the process ``python script args`` would be.
+
+        Return the script's code when the zygote compiled this very file already (else None),
+        and the (FILE*, filename, is .pyc) the interpreter's own runner needs otherwise.
+        """
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
@@ -479,15 +489,58 @@ class _Zygote:
         code_path = str(msg["code_path"])
         if os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
-        pyc = _is_pyc(code_path, filename)
+        code = _compiled(code_path, filename)
+        pyc = code is None and _is_pyc(code_path, filename)
         if not pyc:
             # What PyRun_SimpleFile sets before it runs the code (it does so itself for .pyc).
             main = vars(sys.modules["__main__"])
             main["__file__"] = filename
             main["__cached__"] = None
             main["__loader__"] = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", filename)
+        if code is not None:
+            return code, 0, os.fsencode(filename), False
         fd = os.open(code_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return _FDOPEN(fd, b"rb"), os.fsencode(filename), pyc
+        return None, _FDOPEN(fd, b"rb"), os.fsencode(filename), pyc
+
+
+# Scripts the zygote compiled ahead, with the stat (device, inode, size, mtime, ctime) of the file it read:
+# (code_path, filename) -> (stat, code). A child uses one only if the file still stats the same.
+_CODES: "dict[tuple[str, str], tuple[tuple[int, int, int, int, int], Any]]" = {}
+
+
+def _filename_in(script: str, cwd: str) -> str:
+    """The script's name as the interpreter makes it (absolute by plain joining since 3.9; see become_child)."""
+    return script if sys.version_info < (3, 9) or script.startswith("/") else cwd + "/" + script
+
+
+def _stamp(path: str) -> "tuple[int, int, int, int, int] | None":
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _precompile(code_path: str, filename: str) -> None:
+    """Compile a script's source as PyRun_FileExFlags would (no inherited flags); skip .pyc and syntax errors."""
+    before = _stamp(code_path)
+    try:
+        with open(code_path, "rb") as f:
+            source = f.read()
+        if _is_pyc(code_path, filename) or before is None:
+            return
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except Exception:  # SyntaxError and friends: the child's own run reports them exactly
+        return
+    if _stamp(code_path) == before:  # not rewritten while we read it
+        _CODES[(code_path, filename)] = (before, code)
+
+
+def _compiled(code_path: str, filename: str) -> "Any":
+    entry = _CODES.get((code_path, filename))
+    if entry is None or _stamp(code_path) != entry[0]:
+        return None
+    return entry[1]
 
 
 def _quote_from(code_path: str, filename: str) -> None:
@@ -763,7 +816,7 @@ if __name__ == "__main__":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
-    _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
+    _code, _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
     del _zygote, _job, _fds
     # Called from module level so the script runs as few frames below a fresh interpreter's as we can.
     if _pyc:
@@ -771,13 +824,17 @@ if __name__ == "__main__":
         raise SystemExit(0 if _PYRUN(_fp, _filename, 1, None) == 0 else 1)
     _failure = None
     try:
-        _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
+        if _code is not None:
+            # What PyRun_FileExFlags would have compiled (same file, same flags), run the same way.
+            exec(_code, vars(sys.modules["__main__"]))
+        else:
+            _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
     except BaseException as _exc:
         _failure = _exc  # handled below, outside the except block, as the interpreter does
     _status = _conclude(_failure)
     _interrupted = isinstance(_failure, KeyboardInterrupt) and _status == 128 + signal.SIGINT
     # Hold nothing of the script's: finalisation must find its objects unreferenced, as it would.
-    del _failure, _fp, _filename
+    del _failure, _fp, _filename, _code
     _exit_fast(_status, _interrupted)
     # Raised from module level, so the interpreter finalises with no frame of ours left running
     # (a warning at teardown then says "sys:1", as it would).
