@@ -30,8 +30,9 @@ Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
   <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
   <- {"op":"spare","pid":P,"gen":G} with 1 fd: a fork waiting for a run frame (as above) on that
      socket, made after G preloads (the daemon closes it if it has sent more: it lacks their imports)
-  -> {"op":"took","id":N,"pid":P[,"run":{...}]}: the daemon gave run N to spare P (sent before the
-     frame reaches P); "run" is that frame's message when it differs from the last one we saw
+  -> {"op":"took","id":N,"pid":P,"inflight":K[,"run":{...}]}: the daemon gave run N to spare P, with
+     K runs in flight then (sent once its runs are over, or ahead of any other message, so P may
+     be reaped before); "run" is that frame's message when it differs from the last one we saw
      <- {"id":N,"exit":X} later, as for a run
   -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
 On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
@@ -273,6 +274,7 @@ class _Zygote:
             # Sent right after the frame: a quick script may have ended, and been reaped, already.
             pid, rid = int(msg["pid"]), int(msg["id"])
             self.spares.discard(pid)
+            self.peak = min(_MAX_SPARES, max(self.peak, int(msg.get("inflight", 1))))
             self.started(rid, msg.get("run"))
             if pid in self.early_reaped:  # it has come and gone already
                 self.send({"id": rid, "exit": self.early_reaped.pop(pid)})

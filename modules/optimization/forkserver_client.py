@@ -18,12 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from .protocol import HookResult
-from .spawn import _close, _collect, _killpg, _pipes, _readable, _received_fds, _sendmsg
+from .spawn import _close, _collect, _killpg, _pipes, _prefill, _readable, _received_fds, _sendmsg
 
 __all__ = ["FORKSERVER_PATH", "ForkServer", "ForkServerUnavailable"]
 
 FORKSERVER_PATH: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkserver.py")
 _START_TIMEOUT_S: Final = 30.0
+_TOOK_GRACE_S: Final = 0.05  # how long a run may go before the zygote must know about it
 
 
 class ForkServerUnavailable(RuntimeError):
@@ -80,6 +81,9 @@ class ForkServer:
         # it has reaped them, comes a millisecond later; the first one wins).
         self._exits: socket.socket | None = None
         self._running: dict[int, int] = {}  # pid -> run id, for the exit reports
+        # "took" notes for the zygote, sent once no run is in flight (or ahead of any other
+        # message): waking the zygote while hooks run would take a core from them.
+        self._took: list[bytes] = []
 
     @property
     def alive(self) -> bool:
@@ -173,6 +177,8 @@ class ForkServer:
             "cwd": cwd,
             "env": list(env.items()),
         }
+        fed, stdin = _prefill(ours[0], stdin)
+        ours = (fed, ours[1], ours[2])
         try:
             pid = await self._hand_to_spare(msg, child)
             if pid is None:
@@ -187,6 +193,9 @@ class ForkServer:
         finally:
             _close(child)
         self.busy += 1
+        # A child that finalises the slow way exits without reporting to us: the zygote
+        # reports it, which needs the pending "took" notes. Quick runs never wait for this.
+        late = asyncio.get_running_loop().call_later(_TOOK_GRACE_S, self._flush_now)
 
         async def exited() -> int:
             await pid_f
@@ -207,7 +216,10 @@ class ForkServer:
             await kill()
             return HookResult(None)
         finally:
+            late.cancel()
             self.busy -= 1
+            if not self.busy and self._took:
+                asyncio.get_running_loop().call_soon(self._flush_later)
             self._forget(rid)
             if pid_f.done() and not pid_f.exception():
                 self._running.pop(pid_f.result(), None)
@@ -270,15 +282,37 @@ class ForkServer:
         finally:
             self._forget(rid)
 
-    async def _send(self, msg: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+    async def _send(self, msg: Mapping[str, Any] | None, fds: Sequence[int] = ()) -> None:
+        """Send msg (None: only the pending "took" notes, which always go first)."""
         sock = self._sock
         if sock is None or self._closed.is_set():
             raise ForkServerUnavailable("fork server is not running")
         async with self._send_lock:  # one message at a time; fds travel with its first byte
+            data = b"".join(self._took) + (_frame(msg) if msg is not None else b"")
+            self._took.clear()
+            if not data:
+                return
             try:
-                await _sendmsg(sock, _frame(msg), fds)
+                # Fds go with the first byte: with notes ahead of msg, they would arrive with the
+                # notes, and the zygote takes them in order for the next "run" all the same.
+                await _sendmsg(sock, data, fds)
             except OSError as exc:
                 raise ForkServerUnavailable(f"fork server unreachable: {exc}") from exc
+
+    def _flush_now(self) -> None:
+        if self._took and not self._closed.is_set():
+            task = asyncio.get_running_loop().create_task(self._send(None))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _flush_later(self) -> None:
+        """Send the pending notes once the event's reply has gone (two loop turns on)."""
+        loop = asyncio.get_running_loop()
+
+        def flush() -> None:
+            if not self.busy:
+                self._flush_now()
+
+        loop.call_soon(loop.call_soon, flush)
 
     async def _hand_to_spare(self, msg: dict[str, Any], fds: Sequence[int]) -> int | None:
         """Send a run straight to a spare fork; its pid, or None when no spare is left to take it."""
@@ -299,14 +333,14 @@ class ForkServer:
                     continue  # it died unused: try the next one
                 finally:
                     chan.close()
-                took: dict[str, Any] = {"op": "took", "id": msg["id"], "pid": pid}
+                # "inflight": how many runs went at once, so the zygote keeps as many spares.
+                took: dict[str, Any] = {"op": "took", "id": msg["id"], "pid": pid, "inflight": self.busy + 1}
                 run = {k: v for k, v in msg.items() if k != "id"}
                 if run != self._primed:  # the zygote prepares its next spares with the last run's environment
                     took["run"], self._primed = msg, run
-                try:
-                    await _sendmsg(sock, _frame(took), ())
-                except OSError:
-                    pass  # the run has started: as when the zygote dies mid-run, its exit is unknown
+                # Sent later (see _flush_later): a quick child may be reaped before the zygote
+                # reads it, which it handles; its exit report reaches us directly meanwhile.
+                self._took.append(_frame(took))
                 return pid
         return None
 

@@ -84,11 +84,30 @@ async def _feed(fd: int, data: bytes) -> None:
         os.close(fd)
 
 
+def _prefill(fd: int, data: bytes) -> tuple[int, bytes]:
+    """Write what the pipe takes now (an event usually fits its 64 KiB), before the child runs.
+
+    A child that finds its whole stdin waiting never blocks on it: one wake-up less per
+    run. Return (fd, the rest) with fd closed and -1 when everything went.
+    """
+    try:
+        os.set_blocking(fd, False)
+        written = os.write(fd, data) if data else 0
+    except BlockingIOError:
+        written = 0
+    except OSError:  # cannot happen before the child exists; be safe and let _feed try
+        return fd, data
+    if written == len(data):
+        os.close(fd)
+        return -1, b""
+    return fd, data[written:]
+
+
 async def _collect(
     stdin: bytes, fds: tuple[int, int, int], exited: Awaitable[int], kill: Callable[[], Awaitable[None]], timeout_s: float
 ) -> HookResult:
-    """Feed stdin, gather stdout/stderr to EOF and the exit code; on timeout kill and return what came."""
-    feed = asyncio.create_task(_feed(fds[0], stdin))
+    """Feed stdin (fds[0] -1: fed already), gather stdout/stderr to EOF and the exit code; on timeout kill and return what came."""
+    feed = asyncio.create_task(_feed(fds[0], stdin)) if fds[0] >= 0 else None
     out, err = _Output(fds[1]), _Output(fds[2])
     try:
         async with asyncio.timeout(timeout_s):
@@ -100,7 +119,8 @@ async def _collect(
         await kill()
         return HookResult(None, bytes(out.data), bytes(err.data))
     finally:
-        feed.cancel()
+        if feed is not None:
+            feed.cancel()
         out.close()
         err.close()
 
@@ -124,6 +144,8 @@ def _close(fds: Iterable[int]) -> None:
 async def spawn(command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0) -> HookResult:
     """Run command as Claude Code does (`/bin/sh -c command`), with LEGACY_ENV set; kill its group on timeout."""
     child, ours = _pipes()
+    fed, stdin = _prefill(ours[0], stdin)
+    ours = (fed, ours[1], ours[2])
     try:
         proc = await asyncio.create_subprocess_exec(
             SH, "-c", command, stdin=child[0], stdout=child[1], stderr=child[2],
