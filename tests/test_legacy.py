@@ -477,8 +477,8 @@ def test_plan_for_uv_scripts(runner: LegacyRunner, tmp_path: Path) -> None:
     (tmp_path / "deps.py").write_text(meta)
     (tmp_path / "pinned.py").write_text(meta.replace("# dependencies", '# requires-python = ">=3.12"\n# dependencies'))
     plan = runner.plan("uv run --script deps.py x", env, str(tmp_path))
-    assert plan.warm and plan.requires == ("click", "python_dateutil") and plan.argv == ("x",), plan
-    assert not runner.plan("uv run pinned.py", env, str(tmp_path)).warm
+    assert plan.warm and plan.resolver == "uv" and plan.argv == ("x",), plan  # uv itself is asked which environment
+    assert runner.plan("uv run pinned.py", env, str(tmp_path)).warm
     assert not runner.plan("uv run --with rich deps.py", env, str(tmp_path)).warm
 
 

@@ -32,7 +32,8 @@ from typing import Any, Final
 
 from .forkserver_client import _START_TIMEOUT_S, ForkServer, ForkServerUnavailable
 from .protocol import HookResult
-from .sh_plan import Plan, Planner, _imports, _local_modules, _mtime
+from .launch_probe import probe_launch
+from .sh_plan import Plan, Planner, SpawnInstead, _imports, _local_modules, _mtime, _python_options, _signature
 from .spawn import SH, spawn
 
 __all__ = ["LegacyRunner"]
@@ -48,6 +49,7 @@ _LAUNCH_PREFIXES: Final = ("PYTHON", "PYENV", "ASDF", "MISE", "RTX", "UV_", "VIR
 # What shapes a fresh interpreter's state before the script's first line (sys.path, user
 # site, locale, UTF-8 mode, stdio): one zygote per distinct set of values.
 _STARTUP_VARS: Final = frozenset({"HOME", "LANG", "LC_ALL", "LC_CTYPE"})
+_LAUNCH_TIMEOUT_S: Final = 300.0  # uv may download and install a script's dependencies the first time
 _QUOTING: Final = ("linecache", "tokenize")
 _PROBE: Final = """\
 import json, os, sys
@@ -71,6 +73,7 @@ class _Interpreter:
     flags: tuple[str, ...]
     start: tuple[tuple[str, str | None], ...]  # environment python was exec'd with (None: the client's value)
     visible: tuple[tuple[str, str | None], ...]  # os.environ once python started (locale coercion...)
+    stamp: tuple[int, ...] | None = None  # the executable as it stated when probed: replaced means probe again
 
 
 def _template(before: Mapping[str, str], after: Iterable[Sequence[str]]) -> tuple[tuple[str, str | None], ...]:
@@ -131,7 +134,7 @@ class LegacyRunner:
         if plan.warm:
             deadline = asyncio.get_running_loop().time() + timeout_s
             try:
-                result = await self._run_warm(plan, stdin=stdin, env=env, cwd=cwd, deadline=deadline)
+                result = await self._run_warm(command, plan, stdin=stdin, env=env, cwd=cwd, deadline=deadline)
             except Exception as exc:  # the fork server must never fail a hook: spawn instead
                 log.warning("warm run of %s failed before it started, spawning: %r", plan.script, exc)
                 result = None
@@ -143,10 +146,10 @@ class LegacyRunner:
         return await spawn(command, stdin=stdin, env=env, cwd=cwd, timeout_s=timeout_s)
 
     async def _run_warm(
-        self, plan: Plan, *, stdin: bytes, env: Mapping[str, str], cwd: str, deadline: float
+        self, command: str, plan: Plan, *, stdin: bytes, env: Mapping[str, str], cwd: str, deadline: float
     ) -> HookResult | None:
         assert plan.script is not None and plan.code_path is not None
-        interp = await self._interpreter(plan, env, cwd)
+        interp = await self._interpreter(command, plan, env, cwd)
         if interp is None:
             return None
         visible = _apply(interp.visible, env)
@@ -154,13 +157,13 @@ class LegacyRunner:
         server = await self._ready_server(interp, plan, env, visible, cwd, local)
         if server is None or local & server.modules:
             return None  # a module next to the script would shadow one the zygote already holds
-        if not set(plan.requires) <= server.loaded:
-            return None
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         result = await server.run(
             plan.script, plan.code_path, plan.argv, stdin=stdin, env=visible, cwd=cwd, timeout_s=timeout_s
         )
-        if result.exit_code is not None and result.exit_code < 0 and not plan.replaces_shell:
+        if result.exit_code is not None and result.exit_code < 0 and plan.resolver == "uv":
+            result = HookResult(128 - result.exit_code, result.stdout, result.stderr)  # uv exits 128+N itself, quietly
+        elif result.exit_code is not None and result.exit_code < 0 and not plan.replaces_shell:
             # sh reports a signal death as 128+N and prints its own message ("Terminated").
             code, message = await self._sh_signal(-result.exit_code)
             result = HookResult(code, result.stdout, result.stderr + message)
@@ -181,11 +184,11 @@ class LegacyRunner:
                 refused = self._refused.setdefault(key[:2], set())
                 stamp = self._stamp(plan.code_path or "")
                 done = self._preloaded.setdefault(id(server), set())
-                if stamp not in done or not set(plan.requires) <= server.loaded:
+                if stamp not in done:
                     # A stub's child fills linecache with its original's lines (forkserver._quote_from):
                     # importing linecache and tokenize there would cost every run 2 ms.
                     quoting = _QUOTING if plan.stub else ()
-                    wanted = [m for m in (*imports, *plan.requires, *quoting) if m.partition(".")[0] not in local | refused]
+                    wanted = [m for m in (*imports, *quoting) if m.partition(".")[0] not in local | refused]
                     self._counts["preloads"] += 1
                     try:
                         await server.preload(wanted)
@@ -271,17 +274,48 @@ class LegacyRunner:
                 self._imports[stamp] = ()
         return self._imports[stamp]
 
-    async def _interpreter(self, plan: Plan, env: Mapping[str, str], cwd: str) -> _Interpreter | None:
-        """Probe the launch once per launcher, directory and shaping environment (shims never run again)."""
+    async def _interpreter(self, command: str, plan: Plan, env: Mapping[str, str], cwd: str) -> _Interpreter | None:
+        """Probe the launch once per launcher, directory and shaping environment (shims never run again).
+
+        A launcher that picks the environment itself (uv, poetry, pipenv) is probed per
+        script, again when what it decides by changes (plan.resolve_stamp) or when the
+        interpreter it chose is replaced.
+        """
         shaping = tuple((k, v) for k, v in env.items() if k in _LAUNCH_VARS or k.startswith(_LAUNCH_PREFIXES))
-        key = (plan.launcher, plan.interpreter, cwd, tuple(env), shaping)
-        if key in self._probes:
-            return self._probes[key]
+        key: tuple[Any, ...] = (plan.launcher, plan.interpreter, cwd, tuple(env), shaping)
+        if plan.resolver is not None:
+            key += (plan.script, tuple(plan.argv), plan.resolve_stamp)
+        known = key in self._probes
+        interp = self._probes.get(key)
+        if known and (interp is None or _signature(interp.executable) == interp.stamp):
+            return interp
         async with self._lock:
-            if key not in self._probes:
+            if (key in self._probes) == known and self._probes.get(key) is interp:
                 self._counts["probes"] += 1
-                self._probes[key] = await self._probe(plan, env, cwd)
+                if plan.resolver is not None:
+                    self._probes[key] = await self._probe_launch(command, plan, env, cwd)
+                else:
+                    self._probes[key] = await self._probe(plan, env, cwd)
         return self._probes[key]
+
+    async def _probe_launch(self, command: str, plan: Plan, env: Mapping[str, str], cwd: str) -> _Interpreter | None:
+        """Run the hook's own command once, stopped before the script's first line (see launch_probe)."""
+        info = await probe_launch(command, env, cwd, timeout_s=_LAUNCH_TIMEOUT_S)
+        if info is None or info.get("impl") != "cpython" or tuple(info.get("version", ())) < (3, 8):
+            log.info("%s: its environment cannot be reproduced warm", plan.launcher)
+            return None
+        argv = info.get("argv") or []
+        tail = 1 + len(plan.argv)
+        if len(argv) < tail + 1 or argv[-tail] != plan.script or argv[len(argv) - tail + 1 :] != list(plan.argv):
+            return None  # it does not run the script as `python [options] script args`
+        prefix = argv[: len(argv) - tail]
+        try:
+            _python_options([*prefix[1:], "x"])  # only options a zygote started with them reproduces
+        except SpawnInstead:
+            return None
+        visible = _template(env, info["env"])
+        start = _template(env, info["start"]) if info.get("start") is not None else visible
+        return _Interpreter(info["exe"], prefix[0], tuple(prefix[1:]), start, visible, _signature(info["exe"]))
 
     async def _probe(self, plan: Plan, env: Mapping[str, str], cwd: str) -> _Interpreter | None:
         command = shlex.join([*plan.launcher, "-c", _PROBE])
@@ -302,7 +336,7 @@ class LegacyRunner:
         prefix = argv[:-2] if argv else [plan.launcher[-1 - len(plan.flags)], *plan.flags]
         visible = _template(env, info["env"])
         start = _template(env, info["start"]) if info.get("start") is not None else visible
-        return _Interpreter(info["exe"], prefix[0], tuple(prefix[1:]), start, visible)
+        return _Interpreter(info["exe"], prefix[0], tuple(prefix[1:]), start, visible, _signature(info["exe"]))
 
     async def _sh_signal(self, signum: int) -> tuple[int, bytes]:
         """What sh reports when its command dies of signum: exit code and message, asked of sh itself."""

@@ -35,7 +35,7 @@ _X_OPTIONS: Final = frozenset(
 )
 
 
-class _SpawnInstead(Exception):
+class SpawnInstead(Exception):
     """Why a command is spawned rather than run warm."""
 
 
@@ -51,8 +51,9 @@ class Plan:
     argv: tuple[str, ...] = ()
     launcher: tuple[str, ...] = ()  # the words before the script: ("python3", "-u"), ("/usr/bin/env", "python3")
     flags: tuple[str, ...] = ()  # interpreter options among them
-    requires: tuple[str, ...] = ()  # import names that must load warm (uv scripts' dependencies)
     replaces_shell: bool = False  # `exec python ...`: no sh waits for it, so a signal death is reported as is
+    resolver: str | None = None  # "uv", "poetry", "pipenv": the launcher picks the interpreter (probed by running it)
+    resolve_stamp: tuple[tuple[str, Any], ...] = ()  # what that choice depends on, as it stats now
 
     @property
     def stub(self) -> bool:
@@ -79,7 +80,7 @@ class Planner:
         _planning.paths = []
         try:
             plan = self._plan(command, env, cwd)
-        except _SpawnInstead as why:
+        except SpawnInstead as why:
             plan = Plan(False, str(why))
         finally:
             paths, _planning.paths = _planning.paths, None
@@ -91,7 +92,7 @@ class Planner:
 
     def _plan(self, command: str, env: Mapping[str, str], cwd: str) -> Plan:
         if env.get("PYTHONINSPECT"):
-            raise _SpawnInstead("PYTHONINSPECT: python would go interactive after the script")
+            raise SpawnInstead("PYTHONINSPECT: python would go interactive after the script")
         if "PWD" in command:
             _consult(None)  # $PWD may be sh's realpath of cwd: no stat of one file vouches for every link on the way
         words = _sh_words(command, _sh_vars(env, cwd))
@@ -99,18 +100,20 @@ class Planner:
         if replaces_shell:
             words = words[1:]
         if not words:
-            raise _SpawnInstead("empty command")
+            raise SpawnInstead("empty command")
         if _ASSIGNMENT.match(words[0]):
-            raise _SpawnInstead("variable assignment before the command")
+            raise SpawnInstead("variable assignment before the command")
         found = _which(words[0], env, cwd)
         if found is None:
-            raise _SpawnInstead(f"{words[0]}: not found or not executable")
+            raise SpawnInstead(f"{words[0]}: not found or not executable")
         name = os.path.basename(words[0])
         if name == "uv":
-            return self._plan_uv(words, env, cwd)
+            return dataclasses.replace(self._plan_uv(words, env, cwd), replaces_shell=replaces_shell)
+        if name in ("poetry", "pipenv"):
+            return dataclasses.replace(self._plan_tool_python(words, env, cwd), replaces_shell=replaces_shell)
         if name == "env":
             if len(words) < 2 or not _PYTHON_NAME.fullmatch(words[1]):
-                raise _SpawnInstead("env with options or a command that is not python")
+                raise SpawnInstead("env with options or a command that is not python")
             interpreter, head, rest = _which(words[1], env, cwd), words[:2], words[2:]
         elif _PYTHON_NAME.fullmatch(name):
             interpreter, head, rest = found, words[:1], words[1:]
@@ -118,21 +121,28 @@ class Planner:
             # A script run directly: the kernel reads its shebang and passes the path sh found.
             shebang = _shebang(os.path.join(cwd, found))
             if shebang is None:
-                raise _SpawnInstead("not a python command")
+                raise SpawnInstead("not a python command")
             program, options = shebang[0], shebang[1:]
+            if os.path.basename(program) == "env" and options and options[0].startswith("-S"):
+                # `#!/usr/bin/env -S uv run --script`: env splits the rest into words itself.
+                inner = options[0][2:].split()
+                if inner[:1] != ["uv"] or _which("uv", env, cwd) is None:
+                    raise SpawnInstead(f"shebang {' '.join(shebang)} is not `env -S uv run`")
+                plan = self._plan_uv([*inner, found, *words[1:]], env, cwd)
+                return dataclasses.replace(plan, launcher=(*shebang[:1], *plan.launcher), replaces_shell=replaces_shell)
             if os.path.basename(program) == "env":
                 if len(options) != 1 or not _PYTHON_NAME.fullmatch(options[0]):
-                    raise _SpawnInstead(f"shebang {' '.join(shebang)} is not python")
+                    raise SpawnInstead(f"shebang {' '.join(shebang)} is not python")
                 interpreter, head, options = _which(options[0], env, cwd), shebang, []
             elif _PYTHON_NAME.fullmatch(os.path.basename(program)):
                 interpreter, head = _which(program, env, cwd), [program]
             else:
-                raise _SpawnInstead(f"shebang {program} is not python")
+                raise SpawnInstead(f"shebang {program} is not python")
             if options and (len(options[0].split()) != 1 or _python_options(options + ["x"]) != 1):
-                raise _SpawnInstead(f"shebang option {options[0]!r}")
+                raise SpawnInstead(f"shebang option {options[0]!r}")
             rest = [*options, found, *words[1:]]
         if interpreter is None:
-            raise _SpawnInstead(f"{head[-1]}: not found")
+            raise SpawnInstead(f"{head[-1]}: not found")
         at = _python_options(rest)
         plan = self._plan_script(
             rest[at], rest[at + 1 :], cwd, interpreter=interpreter, launcher=(*head, *rest[:at]), flags=tuple(rest[:at])
@@ -140,56 +150,75 @@ class Planner:
         return dataclasses.replace(plan, replaces_shell=replaces_shell)
 
     def _plan_script(
-        self, script: str, argv: Sequence[str], cwd: str, *, interpreter: str, launcher: tuple[str, ...], flags: tuple[str, ...], requires: tuple[str, ...] = ()
+        self, script: str, argv: Sequence[str], cwd: str, *, interpreter: str, launcher: tuple[str, ...], flags: tuple[str, ...]
     ) -> Plan:
         path = os.path.join(cwd, script)
         if not os.path.isfile(_consult(path)):
-            raise _SpawnInstead(f"{script}: no such file (python's own error is spawned)")
+            raise SpawnInstead(f"{script}: no such file (python's own error is spawned)")
         if zipfile.is_zipfile(path):
-            raise _SpawnInstead(f"{script} is a zip application")
+            raise SpawnInstead(f"{script} is a zip application")
         with open(path, "rb") as f:
             head = f.read(512)
         code_path, reason = os.path.abspath(path), "python script"
         if STUB_MARKER in head:
             code_path, reason = code_path + ".original", "stub of a python script"
             if not os.path.isfile(_consult(code_path)):
-                raise _SpawnInstead(f"stub {script} has no .original")
-        return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags, requires)
+                raise SpawnInstead(f"stub {script} has no .original")
+        return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags)
 
     def _plan_uv(self, words: Sequence[str], env: Mapping[str, str], cwd: str) -> Plan:
-        """`uv run [--script] X.py args` runs warm on the PATH's python3 only when that can be identical.
+        """`uv run [--script] X.py args`: warm in the environment uv itself resolves for X.py.
 
-        Rule: no other uv options; the script's PEP 723 block, if any, has no
-        requires-python; and every dependency imports in python3 under its normalised
-        name (lower case, `-` and `.` as `_`), which LegacyRunner.run checks in the
-        zygote before running. Anything else is spawned.
+        Only these forms; any other uv option is spawned. The environment (interpreter,
+        dependencies, variables uv sets) is probed once by running the very command (see
+        LegacyRunner._probe_launch) and again whenever the script (its PEP 723 metadata),
+        a lock or project file above it, or .python-version changes.
         """
         rest = list(words[1:])
         if rest[:1] != ["run"]:
-            raise _SpawnInstead("uv: only `uv run [--script] X.py` runs warm")
+            raise SpawnInstead("uv: only `uv run [--script] X.py` runs warm")
         rest = rest[1:]
         explicit = rest[:1] == ["--script"]
         rest = rest[1:] if explicit else rest
         if not rest or rest[0].startswith("-") or not (explicit or rest[0].endswith(".py")):
-            raise _SpawnInstead("uv: options other than --script")
+            raise SpawnInstead("uv: options other than --script")
         try:
             with open(_consult(os.path.join(cwd, rest[0])), encoding="utf-8") as f:
-                meta = _pep723(f.read()) or {}
+                _pep723(f.read())  # unreadable metadata: uv's own error, spawned
         except (OSError, UnicodeDecodeError) as exc:
-            raise _SpawnInstead(f"uv: cannot read {rest[0]}: {exc}") from None
-        if "requires-python" in meta:
-            raise _SpawnInstead("uv: requires-python may pick another interpreter")
-        requires = tuple(_requirement_module(r) for r in meta.get("dependencies", ()))
-        interpreter = _which("python3", env, cwd)
-        if interpreter is None:
-            raise _SpawnInstead("uv: no python3 on PATH")
-        plan = self._plan_script(
-            rest[0], rest[1:], cwd, interpreter=interpreter, launcher=("python3",), flags=(), requires=requires
-        )
-        return dataclasses.replace(plan, reason="uv script whose dependencies must import warm")
+            raise SpawnInstead(f"uv: cannot read {rest[0]}: {exc}") from None
+        return self._plan_launched("uv", words[: len(words) - len(rest)], rest, env, cwd)
+
+    def _plan_tool_python(self, words: Sequence[str], env: Mapping[str, str], cwd: str) -> Plan:
+        """`poetry run python [options] X.py args` and `pipenv run python ...`: warm in the tool's environment."""
+        tool = os.path.basename(words[0])
+        if len(words) < 4 or words[1] != "run" or not _PYTHON_NAME.fullmatch(words[2]):
+            raise SpawnInstead(f"{tool}: only `{tool} run python X.py` runs warm")
+        at = 3 + _python_options(words[3:])
+        if any(letter in word for word in words[3:at] for letter in "IES"):
+            raise SpawnInstead(f"{tool}: -I, -E or -S: the probe needs site and PYTHONPATH")
+        return self._plan_launched(tool, words[:at], words[at:], env, cwd)
+
+    def _plan_launched(self, tool: str, head: Sequence[str], rest: Sequence[str], env: Mapping[str, str], cwd: str) -> Plan:
+        # Whatever decides the tool's environment: a change means probing it again.
+        stamp = tuple((path, _signature(path)) for path in _project_files(cwd, os.path.join(cwd, rest[0])))
+        plan = self._plan_script(rest[0], rest[1:], cwd, interpreter=head[0], launcher=tuple(head), flags=())
+        return dataclasses.replace(plan, reason=f"{tool} run: warm in the environment {tool} resolves", resolver=tool, resolve_stamp=stamp)
 
 
-# -- planning: what would sh do with this command? -------------------------------------
+_PROJECT_FILES: Final = ("uv.lock", "pyproject.toml", "poetry.lock", "Pipfile", "Pipfile.lock", ".python-version", ".venv", ".env")
+
+
+def _project_files(cwd: str, script: str) -> list[str]:
+    """The script, and the files a tool reads to pick its environment, in cwd and every folder above."""
+    found = [script]
+    folder = os.path.abspath(cwd)
+    while True:
+        found += [os.path.join(folder, name) for name in _PROJECT_FILES]
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return [_consult(path) for path in found]
+        folder = parent
 
 
 def _sh_vars(env: Mapping[str, str], cwd: str) -> dict[str, str]:
@@ -206,7 +235,7 @@ def _sh_vars(env: Mapping[str, str], cwd: str) -> dict[str, str]:
 
 
 def _sh_words(command: str, env: Mapping[str, str]) -> list[str]:
-    """Split a command as sh would, for simple commands only; raise _SpawnInstead for anything else.
+    """Split a command as sh would, for simple commands only; raise SpawnInstead for anything else.
 
     Handles quotes, backslashes, $VAR and ${VAR} (quoted, or unquoted when the value
     needs no field splitting or globbing) and a leading ~ or ~/. env is _sh_vars().
@@ -223,42 +252,42 @@ def _sh_words(command: str, env: Mapping[str, str]) -> list[str]:
             i += 1
             continue
         if c in "\n|&;<>()`":
-            raise _SpawnInstead(f"shell syntax {c!r}")
+            raise SpawnInstead(f"shell syntax {c!r}")
         if c in "*?[":
-            raise _SpawnInstead(f"glob {c!r}")
+            raise SpawnInstead(f"glob {c!r}")
         if word is None:
             if c == "#":
-                raise _SpawnInstead("comment")
+                raise SpawnInstead("comment")
             word = []
             if c == "~":
                 end = i + 1
                 while end < n and command[end] not in " \t/":
                     end += 1
                 if end > i + 1 or "HOME" not in env:
-                    raise _SpawnInstead("~user or unset HOME")
+                    raise SpawnInstead("~user or unset HOME")
                 word.append(env["HOME"])
                 i = end
                 continue
         if c == "'":
             end = command.find("'", i + 1)
             if end < 0:
-                raise _SpawnInstead("unterminated quote")
+                raise SpawnInstead("unterminated quote")
             word.append(command[i + 1 : end])
             i = end + 1
         elif c == '"':
             i += 1
             while True:
                 if i >= n:
-                    raise _SpawnInstead("unterminated quote")
+                    raise SpawnInstead("unterminated quote")
                 c = command[i]
                 if c == '"':
                     i += 1
                     break
                 if c == "`":
-                    raise _SpawnInstead("command substitution")
+                    raise SpawnInstead("command substitution")
                 if c == "\\" and i + 1 < n and command[i + 1] in '$`"\\\n':
                     if command[i + 1] == "\n":
-                        raise _SpawnInstead("line continuation")
+                        raise SpawnInstead("line continuation")
                     word.append(command[i + 1])
                     i += 2
                 elif c == "$":
@@ -269,13 +298,13 @@ def _sh_words(command: str, env: Mapping[str, str]) -> list[str]:
                     i += 1
         elif c == "\\":
             if i + 1 >= n or command[i + 1] == "\n":
-                raise _SpawnInstead("line continuation")
+                raise SpawnInstead("line continuation")
             word.append(command[i + 1])
             i += 2
         elif c == "$":
             value, i = _expand(command, i, env)
             if not value or any(ch in value for ch in " \t\n*?["):
-                raise _SpawnInstead("unquoted expansion that sh would split or glob")
+                raise SpawnInstead("unquoted expansion that sh would split or glob")
             word.append(value)
         else:
             word.append(c)
@@ -296,7 +325,7 @@ def _expand(command: str, i: int, env: Mapping[str, str]) -> tuple[str, int]:
         name = match.group() if match else ""
         after = i + 1 + len(name)
     if not _VAR_NAME.fullmatch(name) or name in _SH_OWN_VARS:
-        raise _SpawnInstead("parameter expansion beyond $NAME")
+        raise SpawnInstead("parameter expansion beyond $NAME")
     return env.get(name, ""), after
 
 
@@ -315,28 +344,28 @@ def _which(name: str, env: Mapping[str, str], cwd: str) -> str | None:
 
 
 def _python_options(words: Sequence[str]) -> int:
-    """Index of the script among python's arguments; raise _SpawnInstead for options we cannot reproduce."""
+    """Index of the script among python's arguments; raise SpawnInstead for options we cannot reproduce."""
     i = 0
     while i < len(words) and words[i].startswith("-") and words[i] != "-":
         word = words[i]
         if word.startswith("--"):
-            raise _SpawnInstead(f"interpreter option {word}")
+            raise SpawnInstead(f"interpreter option {word}")
         for j, letter in enumerate(word[1:], 1):
             if letter in "WX":
                 arg = word[j + 1 :]
                 if not arg:
                     i += 1
                     if i >= len(words):
-                        raise _SpawnInstead(f"-{letter} without a value")
+                        raise SpawnInstead(f"-{letter} without a value")
                     arg = words[i]
                 if letter == "X" and arg.partition("=")[0] not in _X_OPTIONS:
-                    raise _SpawnInstead(f"interpreter option -X {arg}")
+                    raise SpawnInstead(f"interpreter option -X {arg}")
                 break
             if letter not in _FLAG_LETTERS:
-                raise _SpawnInstead(f"interpreter option -{letter}")
+                raise SpawnInstead(f"interpreter option -{letter}")
         i += 1
     if i >= len(words) or words[i] == "-":
-        raise _SpawnInstead("no script file")
+        raise SpawnInstead("no script file")
     return i
 
 
@@ -363,14 +392,7 @@ def _pep723(source: str) -> dict[str, Any] | None:
     try:
         return tomllib.loads(toml)
     except tomllib.TOMLDecodeError as exc:
-        raise _SpawnInstead(f"uv: bad inline metadata: {exc}") from None
-
-
-def _requirement_module(requirement: str) -> str:
-    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
-    if not match:
-        raise _SpawnInstead(f"uv: cannot read dependency {requirement!r}")
-    return re.sub(r"[-.]", "_", match.group().lower())
+        raise SpawnInstead(f"uv: bad inline metadata: {exc}") from None
 
 
 def _imports(source: bytes) -> tuple[str, ...]:
