@@ -138,6 +138,7 @@ class Daemon:
         self._servers: list[asyncio.AbstractServer] = []
         self._metrics: Any = None
         self._ingest_error = ""
+        self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
 
     # -- evaluation ---------------------------------------------------------
 
@@ -248,7 +249,11 @@ class Daemon:
         if op == "event":
             # Built-in validators read no client environment: decoding it all would cost every event.
             return _reply(await self.dispatch(sections["body"], _claude_pid(sections["env"])))
-        env = _parse_env(sections["env"])
+        if sections["env"] != self._env_raw:
+            # One dict per distinct environment (a session's hooks send the same bytes): the
+            # legacy runner derives what it needs from it once, not per hook and event.
+            self._env_raw, self._env = sections["env"], _parse_env(sections["env"])
+        env = self._env
         if op == "stack":
             return _reply(await self.dispatch_stack(sections["body"], env, cwd))
         if op == "legacy":

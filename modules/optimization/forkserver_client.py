@@ -76,7 +76,8 @@ class ForkServer:
         # there skips the zygote (its wake-up, fork and the child's set-up) entirely.
         self._spares: list[tuple[int, socket.socket]] = []
         self._generation = 0  # preloads sent: a spare forked after fewer (its "gen") lacks their imports
-        self._primed: dict[str, Any] | None = None  # the last run (id aside) the zygote was shown
+        self._primed: tuple[Any, ...] | None = None  # the last run (id aside) the zygote was shown
+        self._env_json: tuple[object, str] = (None, "")  # the last environment given, and its JSON
         # Children send their exit status here just before they _exit (the zygote's report, once
         # it has reaped them, comes a millisecond later; the first one wins).
         self._exits: socket.socket | None = None
@@ -167,23 +168,21 @@ class ForkServer:
         rid = next(self._ids)
         pid_f, exit_f = self._future(rid, "pid"), self._future(rid, "exit")
         child, ours = _pipes()
-        msg = {
-            "op": "run",
-            "id": rid,
-            "script": script,
-            "code_path": code_path,
-            "argv": list(argv),
-            "orig_argv": [self.argv0, *self.flags, script, *argv],
-            "cwd": cwd,
-            "env": list(env.items()),
-        }
+        # The environment is the same for every hook of a session: encoded once per dict.
+        if self._env_json[0] is not env:
+            self._env_json = (env, json.dumps(list(env.items())))
+        env_json = self._env_json[1]
+        fields = {"op": "run", "id": rid, "script": script, "code_path": code_path, "argv": list(argv),
+                  "orig_argv": [self.argv0, *self.flags, script, *argv], "cwd": cwd}  # fmt: skip
+        msg = json.dumps(fields)[:-1] + ', "env": ' + env_json + "}"
+        primed = (script, code_path, tuple(argv), cwd, env_json)
         fed, stdin = _prefill(ours[0], stdin)
         ours = (fed, ours[1], ours[2])
         try:
-            pid = await self._hand_to_spare(msg, child)
+            pid = await self._hand_to_spare(rid, msg, primed, child)
             if pid is None:
-                await self._send(msg, child)
-                self._primed = {k: v for k, v in msg.items() if k != "id"}
+                await self._send(msg.encode("utf-8", "surrogatepass"), child)
+                self._primed = primed
             elif not pid_f.done():
                 pid_f.set_result(pid)
         except BaseException:
@@ -282,13 +281,15 @@ class ForkServer:
         finally:
             self._forget(rid)
 
-    async def _send(self, msg: Mapping[str, Any] | None, fds: Sequence[int] = ()) -> None:
-        """Send msg (None: only the pending "took" notes, which always go first)."""
+    async def _send(self, msg: Mapping[str, Any] | bytes | None, fds: Sequence[int] = ()) -> None:
+        """Send msg (JSON already encoded, or None: only the pending "took" notes, which always go first)."""
         sock = self._sock
         if sock is None or self._closed.is_set():
             raise ForkServerUnavailable("fork server is not running")
         async with self._send_lock:  # one message at a time; fds travel with its first byte
-            data = b"".join(self._took) + (_frame(msg) if msg is not None else b"")
+            if isinstance(msg, bytes):
+                msg = len(msg).to_bytes(4, "big") + msg
+            data = b"".join(self._took) + (msg if isinstance(msg, bytes) else _frame(msg) if msg is not None else b"")
             self._took.clear()
             if not data:
                 return
@@ -314,18 +315,19 @@ class ForkServer:
 
         loop.call_soon(loop.call_soon, flush)
 
-    async def _hand_to_spare(self, msg: dict[str, Any], fds: Sequence[int]) -> int | None:
-        """Send a run straight to a spare fork; its pid, or None when no spare is left to take it."""
+    async def _hand_to_spare(self, rid: int, msg: str, primed: tuple[Any, ...], fds: Sequence[int]) -> int | None:
+        """Send a run (its JSON) straight to a spare fork; its pid, or None when no spare is left to take it."""
         sock = self._sock
         if sock is None or self._closed.is_set():
             raise ForkServerUnavailable("fork server is not running")
-        data = _frame(msg)
+        body = msg.encode("utf-8", "surrogatepass")
+        data = len(body).to_bytes(4, "big") + body
         # Under the send lock: the "took" that follows the frame reaches the zygote before any
         # preload can, so it never mistakes a spare at work for one a preload made stale.
         async with self._send_lock:
             while self._spares:
                 pid, chan = self._spares.pop()
-                self._running[pid] = msg["id"]  # before it has the frame: its exit report may come at once
+                self._running[pid] = rid  # before it has the frame: its exit report may come at once
                 try:
                     await _sendmsg(chan, data, fds)
                 except OSError:
@@ -334,13 +336,14 @@ class ForkServer:
                 finally:
                     chan.close()
                 # "inflight": how many runs went at once, so the zygote keeps as many spares.
-                took: dict[str, Any] = {"op": "took", "id": msg["id"], "pid": pid, "inflight": self.busy + 1}
-                run = {k: v for k, v in msg.items() if k != "id"}
-                if run != self._primed:  # the zygote prepares its next spares with the last run's environment
-                    took["run"], self._primed = msg, run
+                took = '{"op": "took", "id": %d, "pid": %d, "inflight": %d' % (rid, pid, self.busy + 1)
+                if primed != self._primed:  # the zygote prepares its next spares with the last run's environment
+                    took += ', "run": ' + msg
+                    self._primed = primed
                 # Sent later (see _flush_later): a quick child may be reaped before the zygote
                 # reads it, which it handles; its exit report reaches us directly meanwhile.
-                self._took.append(_frame(took))
+                note = (took + "}").encode("utf-8", "surrogatepass")
+                self._took.append(len(note).to_bytes(4, "big") + note)
                 return pid
         return None
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 from .forkserver_client import _START_TIMEOUT_S, ForkServer, ForkServerUnavailable
 from .protocol import HookResult
 from .launch_probe import probe_launch
-from .sh_plan import Plan, Planner, SpawnInstead, _imports, _local_modules, _mtime, _python_options, _signature
+from .sh_plan import Plan, Planner, SpawnInstead, _imports, _mtime, _python_options, _signature
 from .spawn import SH, spawn
 
 __all__ = ["LegacyRunner"]
@@ -99,6 +99,9 @@ class LegacyRunner:
         self._refused: dict[tuple[Any, ...], set[str]] = {}
         self._imports: dict[tuple[str, int, int], tuple[str, ...]] = {}  # per script version
         self.planner = Planner()
+        # Derived once per environment object (the daemon passes one per session, see Daemon):
+        self._env_shape: tuple[object, tuple[Any, ...]] = (None, ())
+        self._views: dict[int, tuple[Mapping[str, str], _Interpreter, dict[str, str], dict[str, str]]] = {}
         self._signals: dict[int, tuple[int, bytes]] = {}
         self._unusable: dict[tuple[Any, ...], float] = {}  # zygotes that would not start: spawn until then
         self._lock = asyncio.Lock()
@@ -152,9 +155,12 @@ class LegacyRunner:
         interp = await self._interpreter(command, plan, env, cwd)
         if interp is None:
             return None
-        visible = _apply(interp.visible, env)
-        local = _local_modules(os.path.dirname(os.path.realpath(os.path.join(cwd, plan.script))))
-        server = await self._ready_server(interp, plan, env, visible, cwd, local)
+        view = self._views.get(id(interp))
+        if view is None or view[0] is not env or view[1] is not interp:  # once per environment, not per hook
+            view = self._views[id(interp)] = (env, interp, _apply(interp.visible, env), _apply(interp.start, env))
+        visible, start_env = view[2], view[3]
+        local = set(plan.local)
+        server = await self._ready_server(interp, plan, start_env, visible, cwd, local)
         if server is None or local & server.modules:
             return None  # a module next to the script would shadow one the zygote already holds
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
@@ -170,10 +176,9 @@ class LegacyRunner:
         return result
 
     async def _ready_server(
-        self, interp: _Interpreter, plan: Plan, env: Mapping[str, str], visible: Mapping[str, str], cwd: str, local: set[str]
+        self, interp: _Interpreter, plan: Plan, start_env: Mapping[str, str], visible: Mapping[str, str], cwd: str, local: set[str]
     ) -> ForkServer | None:
         """A live zygote for this interpreter and environment, with the script's imports preloaded."""
-        start_env = _apply(interp.start, env)
         key = self._server_key(interp, start_env, cwd)
         imports = self._script_imports(plan.code_path or "")
         async with self._lock:
@@ -281,8 +286,10 @@ class LegacyRunner:
         script, again when what it decides by changes (plan.resolve_stamp) or when the
         interpreter it chose is replaced.
         """
-        shaping = tuple((k, v) for k, v in env.items() if k in _LAUNCH_VARS or k.startswith(_LAUNCH_PREFIXES))
-        key: tuple[Any, ...] = (plan.launcher, plan.interpreter, cwd, tuple(env), shaping)
+        if self._env_shape[0] is not env:
+            shaping = tuple((k, v) for k, v in env.items() if k in _LAUNCH_VARS or k.startswith(_LAUNCH_PREFIXES))
+            self._env_shape = (env, (tuple(env), shaping))
+        key: tuple[Any, ...] = (plan.launcher, plan.interpreter, cwd, *self._env_shape[1])
         if plan.resolver is not None:
             key += (plan.script, tuple(plan.argv), plan.resolve_stamp)
         known = key in self._probes

@@ -52,6 +52,7 @@ class Plan:
     launcher: tuple[str, ...] = ()  # the words before the script: ("python3", "-u"), ("/usr/bin/env", "python3")
     flags: tuple[str, ...] = ()  # interpreter options among them
     replaces_shell: bool = False  # `exec python ...`: no sh waits for it, so a signal death is reported as is
+    local: frozenset[str] = frozenset()  # modules the script's folder (sys.path[0]) holds
     resolver: str | None = None  # "uv", "poetry", "pipenv": the launcher picks the interpreter (probed by running it)
     resolve_stamp: tuple[tuple[str, Any], ...] = ()  # what that choice depends on, as it stats now
 
@@ -66,6 +67,7 @@ class Planner:
 
     def __init__(self) -> None:
         self._plans: dict[tuple[Any, ...], tuple[Plan, tuple[tuple[str, Any], ...]]] = {}  # with what they read
+        self._env_key: tuple[object, tuple[tuple[str, str], ...]] = (None, ())
 
     def plan(self, command: str, env: Mapping[str, str], cwd: str) -> Plan:
         """Decide how command runs; spawn unless it is certainly `python [options] script.py [args]`.
@@ -73,7 +75,9 @@ class Planner:
         Planning reads a dozen files and directories; a plan is reused while every one of
         them stats the same (identity, size, mode, mtime and ctime; missing ones still missing).
         """
-        key = (command, cwd, tuple(env.items()))
+        if self._env_key[0] is not env:  # one environment for all of an event's hooks (often a session's)
+            self._env_key = (env, tuple(env.items()))
+        key = (command, cwd, self._env_key[1])
         cached = self._plans.get(key)
         if cached is not None and all(_signature(path) == sig for path, sig in cached[1]):
             return cached[0]
@@ -164,7 +168,9 @@ class Planner:
             code_path, reason = code_path + ".original", "stub of a python script"
             if not os.path.isfile(_consult(code_path)):
                 raise SpawnInstead(f"stub {script} has no .original")
-        return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags)
+        folder = os.path.dirname(os.path.realpath(path))
+        _consult(folder)  # a module added next to the script re-plans (its name may shadow a preload)
+        return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags, local=frozenset(_local_modules(folder)))
 
     def _plan_uv(self, words: Sequence[str], env: Mapping[str, str], cwd: str) -> Plan:
         """`uv run [--script] X.py args`: warm in the environment uv itself resolves for X.py.
