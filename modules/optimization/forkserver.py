@@ -172,6 +172,7 @@ class _Zygote:
         self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
         self.main: "Any" = None  # in a spare: the fresh __main__ made ahead
         self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
+        self.spare_cpu: "dict[int, int]" = {}  # waiting spare -> the processor it waits on
         self.to_compile: "dict[tuple[str, str], None]" = {}  # (code_path, filename) seen in runs, not compiled yet
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -313,6 +314,9 @@ class _Zygote:
         while self.to_compile:
             _precompile(*self.to_compile.popitem()[0])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The processor fewest waiting spares are pinned to (see _wait_on_cpu).
+        waiting = [self.spare_cpu.get(p) for p in self.spares]
+        cpu = min(_CPUS, key=waiting.count) if _CPUS else -1
         gc.freeze()  # as for a direct fork (see handle)
         pid = os.fork()
         if pid == 0:
@@ -320,8 +324,11 @@ class _Zygote:
             self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
+            _wait_on_cpu(cpu)
             return _wait_for_job(theirs)
         theirs.close()
+        self.spare_cpu = {p: c for p, c in self.spare_cpu.items() if p in self.spares}
+        self.spare_cpu[pid] = cpu
         frame = _frame({"op": "spare", "pid": pid, "gen": self.generation})
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, ours.fileno().to_bytes(4, sys.byteorder, signed=True))])
@@ -461,6 +468,11 @@ class _Zygote:
         Return the script's code when the zygote compiled this very file already (else None),
         and the (FILE*, filename, is .pyc) the interpreter's own runner needs otherwise.
         """
+        if _AFFINITY is not None:
+            try:
+                os.sched_setaffinity(0, _AFFINITY)  # the script runs with the zygote's own (see _wait_on_cpu)
+            except OSError:
+                pass  # the allowed set shrank since: the kernel keeps us where we may run
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
@@ -748,6 +760,31 @@ def _received_fds(ancdata: "list[tuple[int, int, bytes]]") -> "list[int]":
             usable = len(cdata) - len(cdata) % 4
             fds.extend(int.from_bytes(cdata[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
     return fds
+
+
+# The processors we may run on, as the zygote was started (None: cannot be read or set here).
+try:
+    _AFFINITY: "set[int] | None" = os.sched_getaffinity(0)
+except (AttributeError, OSError):
+    _AFFINITY = None
+_CPUS = sorted(_AFFINITY) if _AFFINITY is not None and len(_AFFINITY) > 1 else []
+
+
+def _wait_on_cpu(cpu: int) -> None:
+    """Wait for the job on one processor (-1: anywhere), spreading spares over them.
+
+    The kernel wakes a sleeping process next to the one that woke it: the hooks of one
+    event, woken by the daemon one after another, would queue on the daemon's processor
+    while the other idles. A fork is placed on the idlest processor instead, which is
+    why a naive fork loop parallelises better. Pinned while it waits, each spare wakes
+    where it was put; become_child gives the script the full set back before its first line.
+    """
+    if cpu < 0:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
 
 
 def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
