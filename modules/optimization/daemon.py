@@ -275,9 +275,11 @@ class Daemon:
                 return shlex.join([entry["interpreter"], script, *argv])
         return None
 
-    async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
+    async def run_legacy(
+        self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str, event_name: str | None = None
+    ) -> HookResult:
         """Run hooks warm in parallel (as Claude Code runs them) and combine their outcomes."""
-        event_name = _event_name(raw)
+        event_name = _event_name(raw) if event_name is None else event_name
 
         async def one(hook: StackHook) -> HookResult:
             start = time.perf_counter()
@@ -310,7 +312,7 @@ class Daemon:
                 log.error("%s event not recorded: %s", event["hook_event_name"], exc)
                 note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
         start = time.perf_counter()
-        result = await self.run_legacy(select(self.manifest.get("hooks") or {}, event), raw, env, cwd)
+        result = await self.run_legacy(select(self.manifest.get("hooks") or {}, event), raw, env, cwd, event["hook_event_name"])
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
 
