@@ -60,6 +60,8 @@ def test_uv_stack_consolidated_vs_native(benchmark, daemon):
     settings = {"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": c} for c in commands]}]}}
     (project / ".claude" / "settings.json").write_text(json.dumps(settings))
     install(project, consolidate_hooks=True, say=lambda _: None)
+    daemon.stop()  # started before the install: a fresh one reads the manifest at once
+    daemon.start()
     env = {**daemon.env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CLAUDE_PROJECT_DIR": str(project)}
     env_bytes = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
     events = [json.dumps(bash_event(project, c)).encode() for c in ("git status --short", DANGEROUS_COMMAND)]

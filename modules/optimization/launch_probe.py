@@ -9,7 +9,9 @@ the very environment it will use for this script, with the same dependencies.
 
 A launcher that writes anything on its own stdout or stderr once its environment is in
 place (a warning on every run, pipenv's "Loading .env") cannot be reproduced by a warm
-run: such a command is spawned.
+run: such a command is spawned. So is one whose interpreter never imported our
+sitecustomize (-I, -E or -S: the planner refuses those options for poetry and pipenv);
+the probe then ran the script itself once, with an empty stdin.
 """
 
 from __future__ import annotations
