@@ -40,6 +40,7 @@ from .pipeline import Pipeline, Stage
 from .hook_pool import LegacyRunner
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, combine, http_reply, parse_event
 from .stack import MANIFEST_NAME, StackHook, load_manifest, select
+from .unix_server import FrameProtocol
 
 __all__ = ["Daemon", "main"]
 
@@ -493,7 +494,7 @@ class Daemon:
         sock_path.unlink(missing_ok=True)  # we hold the lock, so any socket there is stale
         old_umask = os.umask(0o177)
         try:
-            self._servers.append(await asyncio.start_unix_server(self.handle_unix, path=str(sock_path)))
+            self._servers.append(await loop.create_unix_server(lambda: FrameProtocol(self, _SECTION_LIMITS), path=str(sock_path)))
         finally:
             os.umask(old_umask)
         os.chmod(sock_path, 0o600)
