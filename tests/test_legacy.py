@@ -119,6 +119,14 @@ CASES = [
     Case("finalizers-dev-mode", f"python3 -X dev {H}/finalizers.py unclosed-file"),
     Case("shebang-direct", f"{H}/shebang_env.py arg1"),
     Case("shebang-relative", f"./{HOOKS}/shebang_env.py"),
+    # `python -m package.module` with the package in the project (sys.path[0] is the working directory).
+    Case("module-argv-atexit", "python3 -m hookpkg.argv_atexit a 'b c'"),
+    Case("module-keyboard-interrupt", "python3 -m hookpkg.interrupted"),
+    Case("module-uncaught", "python3 -m hookpkg.fails"),
+    Case("module-package-main", "python3 -m hookpkg.sub x"),
+    Case("module-introspect", f"{PYENV_PY} -u -m hookpkg.introspect", env={"PYTHONUNBUFFERED": None}),
+    Case("module-missing-spawned", "python3 -m hookpkg.no_such_module", warm=False),
+    Case("module-installed-elsewhere-spawned", "python3 -m json.tool --help", warm=False),
     Case("bash-spawned", f"{H}/bash_hook.sh", warm=False),
     Case("pipe-spawned", f"python3 {H}/echo_event.py | tr a-z A-Z", warm=False),
     Case("missing-script-spawned", f"python3 {H}/no_such_hook.py", warm=False),
@@ -175,6 +183,8 @@ def runner(loop: asyncio.AbstractEventLoop) -> Iterator[LegacyRunner]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(CORPUS, root / HOOKS)
+    shutil.copytree(CORPUS / "hookpkg", root / "hookpkg")  # for `python -m hookpkg.X` from the project root
+    shutil.copy(CORPUS / "introspect.py", root / "hookpkg" / "introspect.py")
     return root
 
 

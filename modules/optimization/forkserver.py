@@ -303,6 +303,8 @@ class _Zygote:
         self.peak = min(_MAX_SPARES, max(self.peak, len(self.children) + 1))
         if run is not None:
             self.last = run
+            if run.get("module") is not None:
+                return
             key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
             if key not in _CODES:
                 self.to_compile[key] = None  # compiled before the next spare is forked: it inherits the code
@@ -462,6 +464,15 @@ class _Zygote:
         os.close(sink)
         return ok, noisy
 
+    def stdio_and_main(self) -> None:
+        """The three standard streams and the fresh __main__ a starting interpreter makes."""
+        streams = [_stdio(fd, _STDIO[fd]) for fd in (0, 1, 2)]
+        _OWN_IDS.update(id(obj) for stream in streams for obj in (stream, stream.buffer, getattr(stream.buffer, "raw", None)))
+        sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
+        sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
+        sys.modules["__main__"] = self.main if self.main is not None else _fresh_main()
+
     def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[Any, int, bytes, bool]":
         """Turn this fork (past leave()) into the process ``python script args`` would be.
 
@@ -489,17 +500,20 @@ class _Zygote:
         sys.argv = [script] + [str(a) for a in msg["argv"]]
         if hasattr(sys, "orig_argv"):
             sys.orig_argv = [str(a) for a in msg["orig_argv"]]
+        if msg.get("module") is not None:
+            # `python -m module args`: sys.argv[0] is "-m" until runpy finds the module's file,
+            # sys.path[0] the working directory; runpy does the rest, as it does natively.
+            sys.argv = ["-m"] + sys.argv[2:]
+            if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
+                sys.path.insert(0, os.getcwd())
+            self.stdio_and_main()
+            return None, 0, b"", False
         if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
             sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
         # 3.9+ makes the script's name absolute by plain joining, before anything else.
         filename = script if sys.version_info < (3, 9) or script.startswith("/") else os.getcwd() + "/" + script
         sys.path_importer_cache[filename] = None  # the interpreter asked the path hooks about it
-        streams = [_stdio(fd, _STDIO[fd]) for fd in (0, 1, 2)]
-        _OWN_IDS.update(id(obj) for stream in streams for obj in (stream, stream.buffer, getattr(stream.buffer, "raw", None)))
-        sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
-        sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
-        sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
-        sys.modules["__main__"] = self.main if self.main is not None else _fresh_main()
+        self.stdio_and_main()
         code_path = str(msg["code_path"])
         if os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
@@ -702,8 +716,8 @@ def _report(exc: BaseException) -> "int | None":
     return None
 
 
-def _conclude(failure: "BaseException | None") -> int:
-    """What PyRun_SimpleFile does once the code has run; return the exit status."""
+def _conclude(failure: "BaseException | None", keep_file: bool = False) -> int:
+    """What PyRun_SimpleFile does once the code has run (keep_file: what pymain_run_module does); return the exit status."""
     _flush_io()
     if isinstance(failure, SystemExit):
         return _system_exit_status(failure)  # __file__ stays for atexit, as with Py_Exit()
@@ -711,9 +725,10 @@ def _conclude(failure: "BaseException | None") -> int:
         status = _report(failure)
         if status is not None:
             return status
-    main = vars(sys.modules["__main__"])
-    main.pop("__file__", None)
-    main.pop("__cached__", None)
+    if not keep_file:  # runpy leaves __file__ for atexit handlers; PyRun_SimpleFile removes it
+        main = vars(sys.modules["__main__"])
+        main.pop("__file__", None)
+        main.pop("__cached__", None)
     if isinstance(failure, KeyboardInterrupt):
         return 128 + signal.SIGINT  # what a shell reports for the SIGINT a fresh interpreter dies of
     return 0 if failure is None else 1
@@ -855,6 +870,7 @@ if __name__ == "__main__":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
+    _module = _job.get("module")
     _code, _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
     del _zygote, _job, _fds
     # Called from module level so the script runs as few frames below a fresh interpreter's as we can.
@@ -863,17 +879,21 @@ if __name__ == "__main__":
         raise SystemExit(0 if _PYRUN(_fp, _filename, 1, None) == 0 else 1)
     _failure = None
     try:
-        if _code is not None:
+        if _module is not None:
+            # What `python -m` calls (pymain_run_module), from module level: the traceback
+            # starts at runpy's frames once ours is dropped, as natively.
+            __import__("runpy")._run_module_as_main(str(_module))
+        elif _code is not None:
             # What PyRun_FileExFlags would have compiled (same file, same flags), run the same way.
             exec(_code, vars(sys.modules["__main__"]))
         else:
             _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
     except BaseException as _exc:
         _failure = _exc  # handled below, outside the except block, as the interpreter does
-    _status = _conclude(_failure)
+    _status = _conclude(_failure, keep_file=_module is not None)
     _interrupted = isinstance(_failure, KeyboardInterrupt) and _status == 128 + signal.SIGINT
     # Hold nothing of the script's: finalisation must find its objects unreferenced, as it would.
-    del _failure, _fp, _filename, _code
+    del _failure, _fp, _filename, _code, _module
     _exit_fast(_status, _interrupted)
     # Raised from module level, so the interpreter finalises with no frame of ours left running
     # (a warning at teardown then says "sys:1", as it would).

@@ -161,8 +161,12 @@ class ForkServer:
         env: Mapping[str, str],
         cwd: str,
         timeout_s: float,
+        module: str | None = None,
     ) -> HookResult:
-        """Run ``python script argv`` in a fresh fork (code read from code_path); killed on timeout."""
+        """Run ``python script argv`` in a fresh fork (code read from code_path); killed on timeout.
+
+        module: run ``python -m module argv`` instead (script is then "-m", argv[0] the module).
+        """
         if not self.alive:
             raise ForkServerUnavailable("fork server is not running")
         rid = next(self._ids)
@@ -174,8 +178,10 @@ class ForkServer:
         env_json = self._env_json[1]
         fields = {"op": "run", "id": rid, "script": script, "code_path": code_path, "argv": list(argv),
                   "orig_argv": [self.argv0, *self.flags, script, *argv], "cwd": cwd}  # fmt: skip
+        if module is not None:
+            fields["module"] = module
         msg = json.dumps(fields)[:-1] + ', "env": ' + env_json + "}"
-        primed = (script, code_path, tuple(argv), cwd, env_json)
+        primed = (script, code_path, tuple(argv), cwd, env_json, module)
         fed, stdin = _prefill(ours[0], stdin)
         ours = (fed, ours[1], ours[2])
         try:

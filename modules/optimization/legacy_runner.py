@@ -165,7 +165,7 @@ class LegacyRunner:
             return None  # a module next to the script would shadow one the zygote already holds
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         result = await server.run(
-            plan.script, plan.code_path, plan.argv, stdin=stdin, env=visible, cwd=cwd, timeout_s=timeout_s
+            plan.script, plan.code_path, plan.argv, stdin=stdin, env=visible, cwd=cwd, timeout_s=timeout_s, module=plan.module
         )
         if result.exit_code is not None and result.exit_code < 0 and plan.resolver == "uv":
             result = HookResult(128 - result.exit_code, result.stdout, result.stderr)  # uv exits 128+N itself, quietly
@@ -192,7 +192,7 @@ class LegacyRunner:
                 if stamp not in done:
                     # A stub's child fills linecache with its original's lines (forkserver._quote_from):
                     # importing linecache and tokenize there would cost every run 2 ms.
-                    quoting = _QUOTING if plan.stub else ()
+                    quoting = _QUOTING if plan.stub else ("runpy",) if plan.module else ()  # `python -m` loads runpy first
                     wanted = [m for m in (*imports, *quoting) if m.partition(".")[0] not in local | refused]
                     self._counts["preloads"] += 1
                     try:

@@ -26,6 +26,7 @@ _ASSIGNMENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _VAR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SH_OWN_VARS: Final = frozenset({"PPID", "OPTIND", "LINENO", "IFS", "PS1", "PS2", "PS4", "OPTARG"})  # sh sets these itself
 _MODULE_SUFFIXES: Final = (".py", ".pyc", ".pyw", ".so")
+_MODULE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _PEP723: Final = re.compile(r"(?m)^# /// script\s*$\s(?P<content>(^#(| .*)$\s)+)^# ///\s*$")
 # Interpreter options a zygote started with the same options reproduces. -i, -c, -m, -x,
 # -v, -d and the rest change what runs or print per import, so those commands spawn.
@@ -53,6 +54,7 @@ class Plan:
     flags: tuple[str, ...] = ()  # interpreter options among them
     replaces_shell: bool = False  # `exec python ...`: no sh waits for it, so a signal death is reported as is
     local: frozenset[str] = frozenset()  # modules the script's folder (sys.path[0]) holds
+    module: str | None = None  # `python -m module`: script is "-m", argv[0] the module
     resolver: str | None = None  # "uv", "poetry", "pipenv": the launcher picks the interpreter (probed by running it)
     resolve_stamp: tuple[tuple[str, Any], ...] = ()  # what that choice depends on, as it stats now
 
@@ -147,7 +149,13 @@ class Planner:
             rest = [*options, found, *words[1:]]
         if interpreter is None:
             raise SpawnInstead(f"{head[-1]}: not found")
-        at = _python_options(rest)
+        try:
+            at = _python_options(rest)
+        except SpawnInstead as why:
+            if str(why) != "interpreter option -m":
+                raise
+            plan = self._plan_module(rest, cwd, interpreter=interpreter, head=head)
+            return dataclasses.replace(plan, replaces_shell=replaces_shell)
         plan = self._plan_script(
             rest[at], rest[at + 1 :], cwd, interpreter=interpreter, launcher=(*head, *rest[:at]), flags=tuple(rest[:at])
         )
@@ -171,6 +179,34 @@ class Planner:
         folder = os.path.dirname(os.path.realpath(path))
         _consult(folder)  # a module added next to the script re-plans (its name may shadow a preload)
         return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags, local=frozenset(_local_modules(folder)))
+
+    def _plan_module(self, rest: Sequence[str], cwd: str, *, interpreter: str, head: Sequence[str]) -> Plan:
+        """`python [options] -m package.module args`, warm when the module is a file under cwd.
+
+        sys.path[0] is the working directory then, so that is where python finds it; a
+        module installed elsewhere (or missing, with python's own message) is spawned.
+        """
+        if "-m" not in rest:
+            raise SpawnInstead("interpreter option -m among other letters")
+        at = rest.index("-m")
+        flags = list(rest[:at])
+        if _python_options([*flags, "x"]) != len(flags):
+            raise SpawnInstead("interpreter option -m after another argument")
+        if at + 1 >= len(rest) or not _MODULE_NAME.fullmatch(rest[at + 1]):
+            raise SpawnInstead("interpreter option -m without a module name")
+        module = rest[at + 1]
+        base = os.path.join(cwd, *module.split("."))
+        for candidate in (base + ".py", os.path.join(base, "__main__.py")):
+            if os.path.isfile(_consult(candidate)):
+                break
+        else:
+            raise SpawnInstead(f"interpreter option -m {module}: not a module file under the working directory")
+        folder = os.path.realpath(cwd)
+        _consult(folder)
+        return Plan(
+            True, "python -m module", interpreter, "-m", os.path.abspath(candidate), (module, *rest[at + 2 :]),
+            (*head, *flags), tuple(flags), local=frozenset(_local_modules(folder)), module=module,
+        )  # fmt: skip
 
     def _plan_uv(self, words: Sequence[str], env: Mapping[str, str], cwd: str) -> Plan:
         """`uv run [--script] X.py args`: warm in the environment uv itself resolves for X.py.
