@@ -10,16 +10,23 @@ leaves out the CLI's own start-up and exit and is much less noisy). Nothing abou
 timing is asserted; every run must block exactly the same calls (in the run without
 hooks those two calls execute, harmlessly, in a few ms).
 
-Configurations: none (hooks removed); native as shipped (`python3` is whatever the
+Configurations: none (hooks removed); the floors, what Claude Code itself costs per call
+before any hook does work: floor-command (one `true` command hook per event) and
+floor-http (one http hook per event, answered at once by a minimal server: one send,
+TCP_NODELAY, keep-alive); native as shipped (`python3` is whatever the
 harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); stubs (plain install), consolidate, http.
+Each configuration is also reported above its floor (http above floor-http, the
+others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds.
 
   .venv/bin/python -m pytest bench/test_e2e_claude.py --benchmark-enable -s
 """
 
 import json
 import os
+import socket
+import threading
 import posix
 import shutil
 import statistics
@@ -46,7 +53,9 @@ ABSOLUTE = Path(os.path.realpath(sys.executable))
 N_CALLS = 20
 BLOCKED = {4, 10}  # exit 2 from block_dangerous, JSON deny from protect_secrets
 GENERATED = ("src/gen_a.py", "src/gen_b.py")
-ROUNDS = 5  # with --benchmark-enable; a disabled benchmark (CI) runs one round
+ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
+FLOORS = ("floor-command", "floor-http")
+UNHOOKED = ("none", *FLOORS)  # nothing blocks, nothing is logged
 
 
 def script(project):
@@ -122,14 +131,14 @@ def session(cli, config, root):
     assert (result.final or {}).get("is_error") is False, (config.name, result.final)
     assert len(result.results) == N_CALLS and sorted(steps) == list(range(N_CALLS + 1)), where
     blocked = {i for i, tool_use_id in enumerate(result.ids) if result.blocked(tool_use_id)}
-    assert blocked == (set() if config.name == "none" else BLOCKED), (config.name, blocked)
-    if config.name != "none":
+    assert blocked == (set() if config.name in UNHOOKED else BLOCKED), (config.name, blocked)
+    if config.name not in UNHOOKED:
         assert "piping a download into a shell" in result.reason(result.ids[4]), config.name
         assert ".env holds secrets" in result.reason(result.ids[10]), config.name
     failed = [i for i, t in enumerate(result.ids) if i not in blocked and result.results[t].is_error]
     assert not failed, (config.name, [(i, result.results[result.ids[i]].text[:200]) for i in failed])
     assert (config.project / "src" / "gen_a.py").read_text() == "A = 3\n", config.name
-    if config.name != "none":  # the observers saw every call that ran
+    if config.name not in UNHOOKED:  # the observers saw every call that ran
         tools = (config.project / ".claude" / "logs" / "tools.jsonl").read_text().splitlines()
         assert len(tools) == N_CALLS - len(BLOCKED), (config.name, len(tools))
     return result.elapsed_s, steps[N_CALLS] - steps[0]
@@ -146,6 +155,65 @@ def probe_interpreters(cli, tmp_path, root, commands):
     result = run_session(cli, project, [("Bash", {"command": "echo probe"})], env={"HOOKOPT_RUNTIME_DIR": str(root)})
     assert result.returncode == 0, result.stderr
     return {label: (project / f"{label}.txt").read_text() for label in commands}
+
+
+class FloorServer:
+    """The least an http hook can cost: a server that answers every POST at once with `{}`.
+
+    Each response goes out in one send on a TCP_NODELAY socket (headers and body apart
+    would meet Nagle and delayed ACK: +40 ms); connections are kept alive.
+    """
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                buf = buf[length:]
+                self.requests += 1
+                conn.sendall(self.RESPONSE)
+
+    def close(self):
+        self.sock.close()
+
+
+def floor_hooks(hook):
+    """Settings with one hook per event (PreToolUse and PostToolUse, every tool)."""
+    def change(settings):
+        settings["hooks"] = {event: [{"matcher": "*", "hooks": [dict(hook)]}] for event in ("PreToolUse", "PostToolUse")}
+    return change
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +246,12 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         shutil.copytree(EXAMPLE, project, ignore=IGNORED)
         return project
 
-    configs = [Config("none", copy("none")), Config("native", copy("native"))]
+    configs = [Config("none", copy("none")), Config("floor-command", copy("floor-command")), Config("floor-http", copy("floor-http"))]
+    configs.append(Config("native", copy("native")))
     edit_settings(configs[0].project, lambda s: s.pop("hooks"))
+    floor_server = FloorServer()
+    edit_settings(configs[1].project, floor_hooks({"type": "command", "command": "true"}))
+    edit_settings(configs[2].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{floor_server.port}/hook", "timeout": 30}))
     if "shim" in probes:
         configs.append(Config("native-shim", copy("native-shim")))
         edit_settings(configs[-1].project, with_interpreter(SHIM))
@@ -213,7 +285,9 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 status = Runtime(runtime_root, config.project).status()
                 assert status is not None and status["legacy"]["warm_runs"] > 0, config.name  # served warm
                 config.daemon = daemon_latency(status)
+        assert floor_server.requests >= 2 * (N_CALLS - 1) * (ROUNDS if not benchmark.disabled else 1), floor_server.requests
     finally:
+        floor_server.close()
         for config in configs:
             if config.installed:
                 Runtime(runtime_root, config.project).stop()
@@ -249,15 +323,19 @@ def report(benchmark, configs, interpreters, notes):
         )
     native = added["native"][1]
     shim = added.get("native-shim", (None, None))[1]
-    lines = [f"{'config':<12} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'native/this':>12} {'shim/this':>10}"]
+    lines = [f"{'config':<13} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'above floor':>12} {'native/this':>12} {'shim/this':>10}"]
     info = {"rounds": len(base.sessions), "calls": N_CALLS, "python3_in_harness": interpreters.get("python3")}
     if "shim" in interpreters:
         info["shim_runs"] = interpreters["shim"]
     for name, (session_ms, loop_ms, elapsed) in added.items():
-        ratio = native / loop_ms if name != "none" and loop_ms > 0 else None
-        shim_ratio = shim / loop_ms if shim is not None and name != "none" and loop_ms > 0 else None
+        ratio = native / loop_ms if name not in UNHOOKED and loop_ms > 0 else None
+        shim_ratio = shim / loop_ms if shim is not None and name not in UNHOOKED and loop_ms > 0 else None
+        floor = None if name in UNHOOKED else "floor-http" if name == "http" else "floor-command"
+        above = None if floor is None else loop_ms - added[floor][1]
+        if above is not None:
+            info[f"{name}_above_{floor.replace('-', '_')}_ms_per_call"] = round(above, 2)
         lines.append(
-            f"{name:<12} {elapsed:>9.2f} {session_ms:>9.1f} {loop_ms:>14.1f} "
+            f"{name:<13} {elapsed:>9.2f} {session_ms:>9.1f} {loop_ms:>14.1f} {'' if above is None else f'{above:+.1f}':>12} "
             f"{'' if ratio is None else f'{ratio:.1f}x':>12} {'' if shim_ratio is None else f'{shim_ratio:.1f}x':>10}"
         )
         info[f"{name}_session_s"] = round(elapsed, 3)

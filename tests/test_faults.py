@@ -528,7 +528,7 @@ def request_frames(draw, project):
 def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catches(inproc_daemon):
     """Daemon._answer_frame fed arbitrary and mangled frames from a StreamReader: it answers
     with a well-formed reply or raises ProtocolError / IncompleteReadError, which
-    handle_unix catches (log, close) before serving the next connection."""
+    the frame protocol catches (log, close) before serving the next connection."""
     daemon = inproc_daemon
     loop = asyncio.new_event_loop()
 

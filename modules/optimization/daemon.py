@@ -29,7 +29,6 @@ import shlex
 import signal
 import socket
 import sqlite3
-import struct
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from .logfile import log_to
 from .supervisor import Policy, Supervisor, WorkerContext
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
 from .stack import StackHook, combine_selected, load_stacks
+from .unix_server import FrameProtocol
 
 __all__ = ["Daemon", "main"]
 
@@ -61,7 +61,6 @@ _TICK_S: Final = 1.0
 _RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
 _PRUNE_EVERY: Final = 30  # ticks between pruning passes over observer.db (the journal's size is checked every tick)
-_PEERCRED: Final = struct.Struct("3i")
 _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
 
 
@@ -221,6 +220,7 @@ class Daemon:
         self.supervision: dict[str, object] | None = None
         self.exit_code = EXIT_OK
         self._identity = _identity(project)
+        self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
 
     # -- evaluation ---------------------------------------------------------
 
@@ -277,26 +277,6 @@ class Daemon:
 
     # -- unix socket ----------------------------------------------------------
 
-    async def handle_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answer request frames from thin clients of our own uid."""
-        sock = writer.get_extra_info("socket")
-        try:
-            _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            if uid != os.getuid():
-                log.warning("refused a peer with uid %d", uid)
-                return
-            while not reader.at_eof():
-                try:
-                    size = int.from_bytes(await reader.readexactly(4), "big")
-                except asyncio.IncompleteReadError:
-                    return
-                writer.write(await self._answer_frame(reader, size))
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ProtocolError) as exc:
-            log.warning("bad frame from a client: %s", exc)
-        finally:
-            writer.close()
-
     async def _answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
         if size > client.MAX_HEADER_BYTES:
             raise ProtocolError(f"frame header of {size} bytes")
@@ -338,7 +318,11 @@ class Daemon:
         if op == "event":
             # Built-in validators read no client environment: decoding it all would cost every event.
             return _reply(await self.dispatch(sections["body"], _claude_pid(sections["env"])))
-        env = _parse_env(sections["env"])
+        if sections["env"] != self._env_raw:
+            # One dict per distinct environment (a session's hooks send the same bytes): the
+            # legacy runner derives what it needs from it once, not per hook and event.
+            self._env_raw, self._env = sections["env"], _parse_env(sections["env"])
+        env = self._env
         if op == "stack":  # argv: the client's scope (project when empty)
             scope = sections["argv"].decode("utf-8", "replace") or "project"
             return _reply(await self.dispatch_stack(sections["body"], env, cwd, scope))
@@ -621,7 +605,7 @@ class Daemon:
         own = listeners is None
         if listeners is None:
             listeners = bind_listeners(self.project, self.endpoint)
-        self._servers.append(await asyncio.start_unix_server(self.handle_unix, sock=listeners.unix))
+        self._servers.append(await loop.create_unix_server(lambda: FrameProtocol(self, _SECTION_LIMITS), sock=listeners.unix))
         http = await asyncio.start_server(self.handle_http, sock=listeners.http)
         self._servers.append(http)
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))

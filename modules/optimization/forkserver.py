@@ -30,8 +30,9 @@ Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
   <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
   <- {"op":"spare","pid":P,"gen":G} with 1 fd: a fork waiting for a run frame (as above) on that
      socket, made after G preloads (the daemon closes it if it has sent more: it lacks their imports)
-  -> {"op":"took","id":N,"pid":P[,"run":{...}]}: the daemon gave run N to spare P (sent before the
-     frame reaches P); "run" is that frame's message when it differs from the last one we saw
+  -> {"op":"took","id":N,"pid":P,"inflight":K[,"run":{...}]}: the daemon gave run N to spare P, with
+     K runs in flight then (sent once its runs are over, or ahead of any other message, so P may
+     be reaped before); "run" is that frame's message when it differs from the last one we saw
      <- {"id":N,"exit":X} later, as for a run
   -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
 On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
@@ -171,6 +172,8 @@ class _Zygote:
         self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
         self.main: "Any" = None  # in a spare: the fresh __main__ made ahead
         self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
+        self.spare_cpu: "dict[int, int]" = {}  # waiting spare -> the processor it waits on
+        self.to_compile: "dict[tuple[str, str], None]" = {}  # (code_path, filename) seen in runs, not compiled yet
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -272,6 +275,7 @@ class _Zygote:
             # Sent right after the frame: a quick script may have ended, and been reaped, already.
             pid, rid = int(msg["pid"]), int(msg["id"])
             self.spares.discard(pid)
+            self.peak = min(_MAX_SPARES, max(self.peak, int(msg.get("inflight", 1))))
             self.started(rid, msg.get("run"))
             if pid in self.early_reaped:  # it has come and gone already
                 self.send({"id": rid, "exit": self.early_reaped.pop(pid)})
@@ -299,12 +303,22 @@ class _Zygote:
         self.peak = min(_MAX_SPARES, max(self.peak, len(self.children) + 1))
         if run is not None:
             self.last = run
+            if run.get("module") is not None:
+                return
+            key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
+            if key not in _CODES:
+                self.to_compile[key] = None  # compiled before the next spare is forked: it inherits the code
 
     # -- spares ---------------------------------------------------------------------
 
     def fork_spare(self) -> "tuple[dict[str, object], list[int]] | None":
         """Fork a child that waits for a run; return only in that child, once its job came."""
+        while self.to_compile:
+            _precompile(*self.to_compile.popitem()[0])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The processor fewest waiting spares are pinned to (see _wait_on_cpu).
+        waiting = [self.spare_cpu.get(p) for p in self.spares]
+        cpu = min(_CPUS, key=waiting.count) if _CPUS else -1
         gc.freeze()  # as for a direct fork (see handle)
         pid = os.fork()
         if pid == 0:
@@ -312,8 +326,11 @@ class _Zygote:
             self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
+            _wait_on_cpu(cpu)
             return _wait_for_job(theirs)
         theirs.close()
+        self.spare_cpu = {p: c for p, c in self.spare_cpu.items() if p in self.spares}
+        self.spare_cpu[pid] = cpu
         frame = _frame({"op": "spare", "pid": pid, "gen": self.generation})
         try:
             sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, ours.fileno().to_bytes(4, sys.byteorder, signed=True))])
@@ -447,8 +464,26 @@ class _Zygote:
         os.close(sink)
         return ok, noisy
 
-    def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[int, bytes, bool]":
-        """Turn this fork (past leave()) into the process ``python script args`` would be; return (FILE*, filename, is .pyc)."""
+    def stdio_and_main(self) -> None:
+        """The three standard streams and the fresh __main__ a starting interpreter makes."""
+        streams = [_stdio(fd, _STDIO[fd]) for fd in (0, 1, 2)]
+        _OWN_IDS.update(id(obj) for stream in streams for obj in (stream, stream.buffer, getattr(stream.buffer, "raw", None)))
+        sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
+        sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
+        sys.modules["__main__"] = self.main if self.main is not None else _fresh_main()
+
+    def become_child(self, msg: "dict[str, Any]", fds: "list[int]") -> "tuple[Any, int, bytes, bool]":
+        """Turn this fork (past leave()) into the process ``python script args`` would be.
+
+        Return the script's code when the zygote compiled this very file already (else None),
+        and the (FILE*, filename, is .pyc) the interpreter's own runner needs otherwise.
+        """
+        if _AFFINITY is not None:
+            try:
+                os.sched_setaffinity(0, _AFFINITY)  # the script runs with the zygote's own (see _wait_on_cpu)
+            except OSError:
+                pass  # the allowed set shrank since: the kernel keeps us where we may run
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
@@ -465,29 +500,75 @@ class _Zygote:
         sys.argv = [script] + [str(a) for a in msg["argv"]]
         if hasattr(sys, "orig_argv"):
             sys.orig_argv = [str(a) for a in msg["orig_argv"]]
+        if msg.get("module") is not None:
+            # `python -m module args`: sys.argv[0] is "-m" until runpy finds the module's file,
+            # sys.path[0] the working directory; runpy does the rest, as it does natively.
+            sys.argv = ["-m"] + sys.argv[2:]
+            if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
+                sys.path.insert(0, os.getcwd())
+            self.stdio_and_main()
+            return None, 0, b"", False
         if not (getattr(sys.flags, "safe_path", False) or sys.flags.isolated):
             sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
         # 3.9+ makes the script's name absolute by plain joining, before anything else.
         filename = script if sys.version_info < (3, 9) or script.startswith("/") else os.getcwd() + "/" + script
         sys.path_importer_cache[filename] = None  # the interpreter asked the path hooks about it
-        streams = [_stdio(fd, _STDIO[fd]) for fd in (0, 1, 2)]
-        _OWN_IDS.update(id(obj) for stream in streams for obj in (stream, stream.buffer, getattr(stream.buffer, "raw", None)))
-        sys.stdin = sys.__stdin__ = streams[0]  # type: ignore[misc]
-        sys.stdout = sys.__stdout__ = streams[1]  # type: ignore[misc]
-        sys.stderr = sys.__stderr__ = streams[2]  # type: ignore[misc]
-        sys.modules["__main__"] = self.main if self.main is not None else _fresh_main()
+        self.stdio_and_main()
         code_path = str(msg["code_path"])
         if os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
-        pyc = _is_pyc(code_path, filename)
+        code = _compiled(code_path, filename)
+        pyc = code is None and _is_pyc(code_path, filename)
         if not pyc:
             # What PyRun_SimpleFile sets before it runs the code (it does so itself for .pyc).
             main = vars(sys.modules["__main__"])
             main["__file__"] = filename
             main["__cached__"] = None
             main["__loader__"] = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", filename)
+        if code is not None:
+            return code, 0, os.fsencode(filename), False
         fd = os.open(code_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return _FDOPEN(fd, b"rb"), os.fsencode(filename), pyc
+        return None, _FDOPEN(fd, b"rb"), os.fsencode(filename), pyc
+
+
+# Scripts the zygote compiled ahead, with the stat (device, inode, size, mtime, ctime) of the file it read:
+# (code_path, filename) -> (stat, code). A child uses one only if the file still stats the same.
+_CODES: "dict[tuple[str, str], tuple[tuple[int, int, int, int, int], Any]]" = {}
+
+
+def _filename_in(script: str, cwd: str) -> str:
+    """The script's name as the interpreter makes it (absolute by plain joining since 3.9; see become_child)."""
+    return script if sys.version_info < (3, 9) or script.startswith("/") else cwd + "/" + script
+
+
+def _stamp(path: str) -> "tuple[int, int, int, int, int] | None":
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _precompile(code_path: str, filename: str) -> None:
+    """Compile a script's source as PyRun_FileExFlags would (no inherited flags); skip .pyc and syntax errors."""
+    before = _stamp(code_path)
+    try:
+        with open(code_path, "rb") as f:
+            source = f.read()
+        if _is_pyc(code_path, filename) or before is None:
+            return
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except Exception:  # SyntaxError and friends: the child's own run reports them exactly
+        return
+    if _stamp(code_path) == before:  # not rewritten while we read it
+        _CODES[(code_path, filename)] = (before, code)
+
+
+def _compiled(code_path: str, filename: str) -> "Any":
+    entry = _CODES.get((code_path, filename))
+    if entry is None or _stamp(code_path) != entry[0]:
+        return None
+    return entry[1]
 
 
 def _quote_from(code_path: str, filename: str) -> None:
@@ -522,9 +603,23 @@ def _finalizers_pending() -> bool:
     for obj in gc.get_objects():  # after gc.freeze() in the zygote: only what the child made
         if id(obj) in _OWN_IDS:
             continue
+        if type(obj) in _PLAIN_IO and _closed(obj):
+            continue  # `with open(...) as f` leaves f: a closed built-in file's __del__ does nothing
         if hasattr(type(obj), "__del__") or (isinstance(obj, ref_type) and _observable(obj.__callback__)):
             return True
     return False
+
+
+# The C io classes: their finaliser (iobase_finalize) returns at once for a closed object.
+# Subclasses may define their own __del__ or close(): they still count.
+_PLAIN_IO = frozenset((io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper, io.BytesIO, io.StringIO))
+
+
+def _closed(obj: "Any") -> bool:
+    try:
+        return obj.closed is True
+    except Exception:  # a TextIOWrapper whose buffer is detached, say
+        return False
 
 
 def _observable(callback: "Any") -> bool:
@@ -621,8 +716,8 @@ def _report(exc: BaseException) -> "int | None":
     return None
 
 
-def _conclude(failure: "BaseException | None") -> int:
-    """What PyRun_SimpleFile does once the code has run; return the exit status."""
+def _conclude(failure: "BaseException | None", keep_file: bool = False) -> int:
+    """What PyRun_SimpleFile does once the code has run (keep_file: what pymain_run_module does); return the exit status."""
     _flush_io()
     if isinstance(failure, SystemExit):
         return _system_exit_status(failure)  # __file__ stays for atexit, as with Py_Exit()
@@ -630,9 +725,10 @@ def _conclude(failure: "BaseException | None") -> int:
         status = _report(failure)
         if status is not None:
             return status
-    main = vars(sys.modules["__main__"])
-    main.pop("__file__", None)
-    main.pop("__cached__", None)
+    if not keep_file:  # runpy leaves __file__ for atexit handlers; PyRun_SimpleFile removes it
+        main = vars(sys.modules["__main__"])
+        main.pop("__file__", None)
+        main.pop("__cached__", None)
     if isinstance(failure, KeyboardInterrupt):
         return 128 + signal.SIGINT  # what a shell reports for the SIGINT a fresh interpreter dies of
     return 0 if failure is None else 1
@@ -679,6 +775,31 @@ def _received_fds(ancdata: "list[tuple[int, int, bytes]]") -> "list[int]":
             usable = len(cdata) - len(cdata) % 4
             fds.extend(int.from_bytes(cdata[i : i + 4], sys.byteorder, signed=True) for i in range(0, usable, 4))
     return fds
+
+
+# The processors we may run on, as the zygote was started (None: cannot be read or set here).
+try:
+    _AFFINITY: "set[int] | None" = os.sched_getaffinity(0)
+except (AttributeError, OSError):
+    _AFFINITY = None
+_CPUS = sorted(_AFFINITY) if _AFFINITY is not None and len(_AFFINITY) > 1 else []
+
+
+def _wait_on_cpu(cpu: int) -> None:
+    """Wait for the job on one processor (-1: anywhere), spreading spares over them.
+
+    The kernel wakes a sleeping process next to the one that woke it: the hooks of one
+    event, woken by the daemon one after another, would queue on the daemon's processor
+    while the other idles. A fork is placed on the idlest processor instead, which is
+    why a naive fork loop parallelises better. Pinned while it waits, each spare wakes
+    where it was put; become_child gives the script the full set back before its first line.
+    """
+    if cpu < 0:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
 
 
 def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
@@ -749,7 +870,8 @@ if __name__ == "__main__":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
-    _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
+    _module = _job.get("module")
+    _code, _fp, _filename, _pyc = _zygote.become_child(_job, _fds)
     del _zygote, _job, _fds
     # Called from module level so the script runs as few frames below a fresh interpreter's as we can.
     if _pyc:
@@ -757,13 +879,21 @@ if __name__ == "__main__":
         raise SystemExit(0 if _PYRUN(_fp, _filename, 1, None) == 0 else 1)
     _failure = None
     try:
-        _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
+        if _module is not None:
+            # What `python -m` calls (pymain_run_module), from module level: the traceback
+            # starts at runpy's frames once ours is dropped, as natively.
+            __import__("runpy")._run_module_as_main(str(_module))
+        elif _code is not None:
+            # What PyRun_FileExFlags would have compiled (same file, same flags), run the same way.
+            exec(_code, vars(sys.modules["__main__"]))
+        else:
+            _PYRUN_FILE(_fp, _filename, 257, vars(sys.modules["__main__"]), vars(sys.modules["__main__"]), 1, None)
     except BaseException as _exc:
         _failure = _exc  # handled below, outside the except block, as the interpreter does
-    _status = _conclude(_failure)
+    _status = _conclude(_failure, keep_file=_module is not None)
     _interrupted = isinstance(_failure, KeyboardInterrupt) and _status == 128 + signal.SIGINT
     # Hold nothing of the script's: finalisation must find its objects unreferenced, as it would.
-    del _failure, _fp, _filename
+    del _failure, _fp, _filename, _code, _module
     _exit_fast(_status, _interrupted)
     # Raised from module level, so the interpreter finalises with no frame of ours left running
     # (a warning at teardown then says "sys:1", as it would).

@@ -35,6 +35,11 @@ if mode == "replaced-stdout":
     import io
     sys.stdout = io.TextIOWrapper(open(sys.stdout.fileno(), "wb", closefd=False), write_through=False)
     print("through a replacement stdout")
+if mode == "closed-file":
+    with open("closed.log", "w") as log:  # `log` outlives the with block, closed
+        log.write("written and closed\n")
+    with open("closed.log", "rb", buffering=0) as raw:
+        print(raw.read().decode(), end="")
 if mode == "thread":
     import threading
     threading.Thread(target=lambda: print("non-daemon thread finished", flush=True)).start()

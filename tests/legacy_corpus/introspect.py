@@ -15,6 +15,7 @@ print("same streams", sys.__stdout__ is sys.stdout, sys.__stderr__ is sys.stderr
 print("fds", sorted(os.listdir("/proc/self/fd")))
 print("signals", [(n, str(signal.getsignal(n))) for n in sorted(signal.valid_signals()) if n not in (9, 19)])
 print("blocked", signal.pthread_sigmask(signal.SIG_BLOCK, []))
+print("affinity", sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
 print("fs encoding", sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 print("first open fd", open(__file__).fileno())
 print("importer cache", {k: v for k, v in sys.path_importer_cache.items() if "introspect" in k})

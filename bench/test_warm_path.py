@@ -1,0 +1,176 @@
+"""The daemon answering a consolidated event against a naive fork loop, alternated.
+
+  .venv/bin/python -m pytest bench/test_warm_path.py --benchmark-enable -s
+
+The example project (examples/project) is installed with --consolidate and served by a
+real daemon; each event goes the thin client's way (client.ask_daemon: one connection,
+one "stack" frame). The baseline is the naive way a careful user could do it without
+us: one process that has imported what the hooks import and, per event, forks once per
+hook, exec()s the hook's compiled code as __main__ with the event on stdin, collects
+stdout, stderr and the exit status. It is asked over a pipe, so both sides pay one
+round trip. Both answers are checked against each other (combined as Claude Code
+combines them). Target (issue 10): daemon p50 <= 1.0x naive, goal 0.5x.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized
+from modules.optimization import client
+from modules.optimization.installer import install
+from modules.optimization.protocol import HookResult, combine
+from tests.daemon_helpers import ROOT
+
+EXAMPLE = ROOT / "examples" / "project"
+PRE_HOOKS = ("block_dangerous.py", "audit_bash.py")  # PreToolUse Bash
+# Tool calls come seconds apart: each side starts from idle, so work one does after its
+# answer (reaping, refilling spares, batching observers) is not billed to the other.
+SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
+POST_HOOKS = ("log_tools.py", "sqlite_logger.py", "change_notes.py")  # PostToolUse Edit
+
+# The naive loop: stdin gets one JSON line per event {"event": str, "scripts": [paths]};
+# stdout gets one JSON line back with each hook's [exit, stdout, stderr].
+NAIVE = r'''
+import builtins, json, os, sys
+import re, sqlite3, time, datetime, pathlib  # what the example hooks import
+codes = {}
+def run(path, data):
+    code = codes.get(path)
+    if code is None:
+        with open(path + ".original", "rb") as f:  # installed: the script is our stub now
+            code = codes[path] = compile(f.read(), path, "exec")
+    fds = [os.pipe() for _ in range(3)]
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(fds[0][0], 0); os.dup2(fds[1][1], 1); os.dup2(fds[2][1], 2)
+        for r, w in fds:
+            os.close(r); os.close(w)
+        sys.stdin = open(0, "r", closefd=False); sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
+        sys.argv = [path]
+        status = 0
+        try:
+            exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": builtins})
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            import traceback; traceback.print_exc(); status = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(status)
+    os.close(fds[0][0]); os.close(fds[1][1]); os.close(fds[2][1])
+    os.write(fds[0][1], data); os.close(fds[0][1])
+    return pid, fds[1][0], fds[2][0]
+def drain(fd):
+    out = b""
+    while chunk := os.read(fd, 65536):
+        out += chunk
+    os.close(fd)
+    return out
+for line in sys.stdin:
+    req = json.loads(line)
+    data = req["event"].encode()
+    started = [run(p, data) for p in req["scripts"]]
+    results = []
+    for pid, out, err in started:
+        o, e = drain(out), drain(err)
+        results.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), o.decode(), e.decode()])
+    sys.stdout.write(json.dumps(results) + "\n"); sys.stdout.flush()
+'''
+
+
+def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
+    project = daemon.project
+    shutil.rmtree(project)
+    shutil.copytree(EXAMPLE, project)
+    install(project, consolidate_hooks=True, say=lambda _: None)
+    daemon.stop()
+    daemon.start()
+    hooks = project / ".claude" / "hooks"
+    env = {**daemon.env, "CLAUDE_PROJECT_DIR": str(project)}
+    env_bytes = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
+    naive = subprocess.Popen(
+        [os.path.realpath(sys.executable), "-c", NAIVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=env, cwd=project, text=True,
+    )  # fmt: skip
+    target = project / "src" / "app.py"
+    cases = {
+        "PreToolUse": [
+            (json.dumps(bash_event(project, command)), [str(hooks / name) for name in PRE_HOOKS])
+            for command in (BENIGN_COMMAND, DANGEROUS_COMMAND)
+        ],
+        "PostToolUse": [],
+    }
+    post = bash_event(project, "x", hook="PostToolUse")
+    post.update(tool_name="Edit", tool_input={"file_path": str(target), "old_string": "a", "new_string": "b"})
+    cases["PostToolUse"].append((json.dumps(post), [str(hooks / name) for name in POST_HOOKS]))
+    # No hook matches a Glob call: what each side costs around the hooks themselves.
+    cases["PreToolUse/Glob"] = [(json.dumps(bash_event(project, "x", tool_name="Glob", tool_input={"pattern": "*.py"})), [])]
+    rounds = sized(benchmark, 5, 60)
+    times = {(event, side): [] for event in cases for side in ("daemon", "naive")}
+
+    def ask_daemon(raw):
+        frame = client.encode_request(
+            "stack", project=str(project).encode(), env=env_bytes, cwd=str(project).encode(), body=raw.encode()
+        )
+        start = time.perf_counter()
+        reply = client.ask_daemon(str(project), frame, 30.0)
+        elapsed = time.perf_counter() - start
+        assert reply is not None, "the daemon did not answer"
+        return elapsed, HookResult(*reply)
+
+    def ask_naive(event_name, raw, scripts):
+        start = time.perf_counter()
+        naive.stdin.write(json.dumps({"event": raw, "scripts": scripts}) + "\n")
+        naive.stdin.flush()
+        line = naive.stdout.readline()
+        elapsed = time.perf_counter() - start
+        results = [HookResult(code, out.encode(), err.encode()) for code, out, err in json.loads(line)]
+        return elapsed, combine(event_name.partition("/")[0], results) if results else HookResult(0)
+
+    def measure():
+        with client_env(daemon):
+            for event_name, items in cases.items():  # warm-up: zygotes, preloads, spares, caches
+                for raw, scripts in items:
+                    for _ in range(3):
+                        ask_daemon(raw)
+                        ask_naive(event_name, raw, scripts)
+            for i in range(rounds):
+                for event_name, items in cases.items():
+                    raw, scripts = items[i % len(items)]
+                    sides = (("daemon", lambda: ask_daemon(raw)), ("naive", lambda: ask_naive(event_name, raw, scripts)))
+                    answers = {}
+                    for side, ask in sides if i % 2 else reversed(sides):
+                        time.sleep(SETTLE_S)
+                        elapsed, answers[side] = ask()
+                        times[(event_name, side)].append(elapsed)
+                    mine, theirs = answers["daemon"], answers["naive"]
+                    assert (mine.exit_code, mine.stdout, mine.stderr) == (theirs.exit_code, theirs.stdout, theirs.stderr)
+        denied = ask_naive("PreToolUse", *cases["PreToolUse"][1])[1]
+        assert b"deny" in denied.stdout and b"Blocked: recursive delete" in denied.stdout  # combined: exit 2 becomes a deny
+
+    spy = None
+    if os.environ.get("HOOKOPT_BENCH_PYSPY"):  # a flame graph of the daemon (and its zygotes) while measured
+        spy = subprocess.Popen(["py-spy", "record", "-p", str(daemon.pid()), "-s", "-r", "500", "--format", "raw", "-o", os.environ["HOOKOPT_BENCH_PYSPY"]])
+        time.sleep(1)
+    try:
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+    finally:
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait()
+        naive.stdin.close()
+        naive.wait(timeout=30)
+    assert (project / ".claude" / "logs" / "tools.db").exists()
+    figures = {}
+    for event_name in cases:
+        d = statistics.median(times[(event_name, "daemon")]) * 1000
+        n = statistics.median(times[(event_name, "naive")]) * 1000
+        figures[f"{event_name}_daemon_ms"], figures[f"{event_name}_naive_ms"] = d, n
+        figures[f"{event_name}_ratio"] = d / n
+        report(benchmark, f"{event_name} ({len(cases[event_name][0][1])} hooks)", f"daemon p50 {d:.2f} ms vs naive fork loop {n:.2f} ms: {d / n:.2f}x (median of {rounds}, alternated)", **figures)

@@ -1,0 +1,2 @@
+"""Run as `python -m hookpkg.interrupted`."""
+raise KeyboardInterrupt
