@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.optimization import client
+from modules.optimization import wire
 from tests.daemon_helpers import ROOT, Runtime
 
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code-2.1.329"
@@ -64,7 +64,7 @@ class BenchRuntime(Runtime):
 
     def frame(self, event, op="event"):
         """The frame a thin client sends for event: project, environment, cwd, body."""
-        return client.encode_request(
+        return wire.encode_request(
             op,
             project=str(self.project).encode(),
             env=b"\0".join(f"{k}={v}".encode() for k, v in self.env.items()),

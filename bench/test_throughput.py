@@ -20,7 +20,7 @@ import time
 import _socket
 
 from bench.conftest import DANGEROUS_COMMAND, bash_event, client_env, percentile, report, sized
-from modules.optimization import client
+from modules.optimization import client, wire
 
 THREADS = 8
 COMMANDS = ("git status --short", "npm test -- --watch=false", "ls -la src", "pytest -q tests", DANGEROUS_COMMAND)
@@ -36,12 +36,12 @@ class Persistent:
 
     def ask(self, frame):
         self.sock.sendall(frame)
-        header = client._recv_exactly(self.sock, int.from_bytes(client._recv_exactly(self.sock, 4), "big"))
-        parsed = client.parse_reply_header(header)
+        header = wire.recv_exactly(self.sock, int.from_bytes(wire.recv_exactly(self.sock, 4), "big"))
+        parsed = wire.parse_reply_header(header)
         if parsed is None:
             return None
         code, out_len, err_len = parsed
-        return code, client._recv_exactly(self.sock, out_len), client._recv_exactly(self.sock, err_len)
+        return code, wire.recv_exactly(self.sock, out_len), wire.recv_exactly(self.sock, err_len)
 
     def close(self):
         self.sock.close()

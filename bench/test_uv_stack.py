@@ -20,7 +20,7 @@ import time
 import pytest
 
 from bench.conftest import DANGEROUS_COMMAND, bash_event, client_env, report, sized
-from modules.optimization import client
+from modules.optimization import client, wire
 from modules.optimization.installer import install
 from modules.optimization.protocol import HookResult, combine
 from modules.optimization.spawn import spawn
@@ -69,7 +69,7 @@ def test_uv_stack_consolidated_vs_native(benchmark, daemon):
     times = {"daemon": [], "native": []}
 
     def ask_daemon(raw):
-        frame = client.encode_request("stack", project=str(project).encode(), env=env_bytes, cwd=str(project).encode(), body=raw)
+        frame = wire.encode_request("stack", project=str(project).encode(), env=env_bytes, cwd=str(project).encode(), body=raw)
         start = time.perf_counter()
         reply = client.ask_daemon(str(project), frame, 120.0)
         elapsed = time.perf_counter() - start

@@ -21,7 +21,7 @@ import sys
 import time
 
 from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized
-from modules.optimization import client
+from modules.optimization import client, wire
 from modules.optimization.installer import install
 from modules.optimization.protocol import HookResult, combine
 from tests.daemon_helpers import ROOT
@@ -115,7 +115,7 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
     times = {(event, side): [] for event in cases for side in ("daemon", "naive")}
 
     def ask_daemon(raw):
-        frame = client.encode_request(
+        frame = wire.encode_request(
             "stack", project=str(project).encode(), env=env_bytes, cwd=str(project).encode(), body=raw.encode()
         )
         start = time.perf_counter()

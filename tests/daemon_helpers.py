@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from modules.optimization import client
+from modules.optimization import client, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / "hooks"
@@ -59,7 +59,7 @@ class Runtime:
         self.env.pop("CLAUDE_HOOKS_PROFILE", None)
 
     def path(self, suffix):
-        return Path(self.root, f"hookopt-{os.getuid()}", client.project_key(str(self.project)) + suffix)
+        return Path(self.root, f"hookopt-{os.getuid()}", wire.project_key(str(self.project)) + suffix)
 
     def hook(self, event, script="pre_tool_use", raw=None, env=None, timeout=60):
         """Run a thin client exactly as Claude Code would: a fresh process, event on stdin."""
@@ -74,7 +74,7 @@ class Runtime:
         )
 
     def request(self, op, body=b""):
-        frame = client.encode_request(op, project=str(self.project).encode(), body=body)
+        frame = wire.encode_request(op, project=str(self.project).encode(), body=body)
         saved = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
         posix.environ[b"HOOKOPT_RUNTIME_DIR"] = str(self.root).encode()
         try:

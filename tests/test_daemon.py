@@ -297,7 +297,7 @@ def test_thin_client_imports_only_the_standard_library(rt):
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if line.startswith("import time:")}
     imported.discard("imported package")  # the header line
-    ours = {"modules", "modules.optimization", "modules.optimization.client"}
+    ours = {"modules", "modules.optimization", "modules.optimization.client", "modules.optimization.wire"}
     third_party = {"cachetools", "pybreaker", "prometheus_client", "multiprocess", "json", "re", "asyncio", "socket", "enum"}
     assert ours <= imported
     assert not imported & third_party, imported & third_party

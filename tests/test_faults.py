@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from modules.optimization import client
+from modules.optimization import wire
 from modules.optimization.async_db import Journal, ObserverLog, spool_event
 from modules.optimization.daemon import Daemon, _reply, _reply_error, ensure_runtime_dir
 from modules.optimization.hook_integration import Engine
@@ -468,7 +468,7 @@ def test_fuzz_hook_result_json_round_trip(code, out, err):
 @given(st.binary(max_size=200) | st.builds(lambda parts: b",".join(parts), st.lists(st.sampled_from([b'{"v":1', b'"exit":3', b'"out":-1', b'"err":x', b'"error":""', b"}", b":", b'"v":2']), max_size=6)))
 def test_fuzz_reply_header_parser_fails_only_in_ways_the_client_catches(header):
     try:
-        parsed = client.parse_reply_header(header)
+        parsed = wire.parse_reply_header(header)
     except (ValueError, KeyError):
         return  # ask_daemon turns these into "no answer": the client evaluates in-process
     assert parsed is None or (len(parsed) == 3 and all(isinstance(n, int) for n in parsed))
@@ -479,10 +479,10 @@ def test_fuzz_reply_header_parser_fails_only_in_ways_the_client_catches(header):
 def test_fuzz_reply_frames_round_trip_through_the_client_parser(code, out, err, message):
     frame = _reply(HookResult(code, out, err))
     size = int.from_bytes(frame[:4], "big")
-    assert client.parse_reply_header(frame[4 : 4 + size]) == (code, len(out), len(err))
+    assert wire.parse_reply_header(frame[4 : 4 + size]) == (code, len(out), len(err))
     assert frame[4 + size :] == out + err
     error = _reply_error(message)
-    assert client.parse_reply_header(error[4:]) is None
+    assert wire.parse_reply_header(error[4:]) is None
 
 
 @pytest.fixture
@@ -512,7 +512,7 @@ def request_frames(draw, project):
         "argv": draw(st.binary(max_size=20)),
         "body": body,
     }
-    frame = client.encode_request(op, **sections)
+    frame = wire.encode_request(op, **sections)
     how = draw(st.sampled_from(["as is", "cut", "splice", "header"]))
     if how == "cut":
         frame = frame[: draw(st.integers(0, len(frame)))]
@@ -526,7 +526,7 @@ def request_frames(draw, project):
 
 
 def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catches(inproc_daemon):
-    """Daemon._answer_frame fed arbitrary and mangled frames from a StreamReader: it answers
+    """Daemon.answer_frame fed arbitrary and mangled frames from a StreamReader: it answers
     with a well-formed reply or raises ProtocolError / IncompleteReadError, which
     the frame protocol catches (log, close) before serving the next connection."""
     daemon = inproc_daemon
@@ -540,21 +540,21 @@ def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catche
     @example(b"\x00\x00\x10\x00" + b"[" * 4096)
     @example(b"\xff\xff\xff\xff")
     # Found by this fuzzer: a NUL in a path section reached os.path.realpath as a ValueError.
-    @example(client.encode_request("legacy", project=str(daemon.project).encode(), script=b"hook.py\0"))
-    @example(client.encode_request("stack", project=str(daemon.project).encode(), cwd=b"/tmp\0x", body=b"{}"))
+    @example(wire.encode_request("legacy", project=str(daemon.project).encode(), script=b"hook.py\0"))
+    @example(wire.encode_request("stack", project=str(daemon.project).encode(), cwd=b"/tmp\0x", body=b"{}"))
     def fuzz(data):
         async def answer():
             reader = asyncio.StreamReader()  # made on the running loop, as the server makes it
             reader.feed_data(data[4:])
             reader.feed_eof()
-            return await daemon._answer_frame(reader, int.from_bytes(data[:4].rjust(4, b"\0"), "big"))
+            return await daemon.answer_frame(reader, int.from_bytes(data[:4].rjust(4, b"\0"), "big"))
 
         try:
             reply = loop.run_until_complete(answer())
         except (ProtocolError, asyncio.IncompleteReadError):
             return
         size = int.from_bytes(reply[:4], "big")
-        parsed = client.parse_reply_header(reply[4 : 4 + size])
+        parsed = wire.parse_reply_header(reply[4 : 4 + size])
         if parsed is None:
             assert "error" in json.loads(reply[4 : 4 + size])
         else:

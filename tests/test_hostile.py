@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from modules.optimization import client
+from modules.optimization import wire
 from modules.optimization.installer import install
 from tests.daemon_helpers import HOOKS, pre_event, wait_for
 from tests.test_daemon import http_post
@@ -116,7 +116,7 @@ def legacy_reply(rt, script):
     """The daemon's raw answer to a legacy frame naming script (an error header is returned as such)."""
     import socket
 
-    frame = client.encode_request(
+    frame = wire.encode_request(
         "legacy", project=str(rt.project).encode(), cwd=str(rt.project).encode(), script=str(script).encode(),
         body=json.dumps(pre_event(rt.project, "ls")).encode(),
     )

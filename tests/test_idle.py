@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.optimization import client
+from modules.optimization import client, wire
 from modules.optimization.daemon import Daemon, ensure_runtime_dir
 from modules.optimization.installer import install
 from modules.optimization.integrated_optimizer import load_settings
@@ -43,7 +43,7 @@ def project(tmp_path, monkeypatch):
 
 
 def frame(project, op, **sections):
-    return client.encode_request(op, project=str(project).encode(), cwd=str(project).encode(), **sections)
+    return wire.encode_request(op, project=str(project).encode(), cwd=str(project).encode(), **sections)
 
 
 def http(daemon, path, body):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.optimization import client
+from modules.optimization import client, wire
 from modules.optimization.installer import install, uninstall
 from tests.claude_harness import _python_first_path, run_session
 from tests.conformance.cases import ctx, pre
@@ -130,13 +130,13 @@ def world(tmp_path, claude_cli, monkeypatch):
             return result
 
         def status(name):
-            frame = client.encode_request("status", project=str(projects[name]).encode())
+            frame = wire.encode_request("status", project=str(projects[name]).encode())
             reply = client.ask_daemon(str(projects[name]), frame, 10.0)
             return json.loads(reply[1]) if reply else None
 
         yield home, projects, session, status
         for project in projects.values():  # project b's daemon too (the runtime stops a's)
-            client.ask_daemon(str(project), client.encode_request("stop", project=str(project).encode()), 5.0)
+            client.ask_daemon(str(project), wire.encode_request("stop", project=str(project).encode()), 5.0)
 
 
 def quiet(_):

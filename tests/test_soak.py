@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from modules.optimization import client
+from modules.optimization import wire
 from tests.daemon_helpers import post_event, pre_event, wait_for
 
 EVENTS = int(os.environ.get("HOOKOPT_SOAK_EVENTS", "100000"))
@@ -53,9 +53,9 @@ class Stream:
             self.sock.settimeout(30)
             self.sock.connect(str(self.rt.path(".sock")))
         self.sent += 1
-        self.sock.sendall(client.encode_request(op, project=str(self.rt.project).encode(), body=body))
+        self.sock.sendall(wire.encode_request(op, project=str(self.rt.project).encode(), body=body))
         size = int.from_bytes(self._read(4), "big")
-        code, out_len, err_len = client.parse_reply_header(self._read(size))
+        code, out_len, err_len = wire.parse_reply_header(self._read(size))
         return code, self._read(out_len), self._read(err_len)
 
     def _read(self, n):

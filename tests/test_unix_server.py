@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from modules.optimization import client
+from modules.optimization import wire
 from tests.daemon_helpers import pre_event
 
 
@@ -23,7 +23,7 @@ def _connect(rt):
 
 
 def _frame(rt, command):
-    return client.encode_request("event", project=str(rt.project).encode(), body=json.dumps(pre_event(rt.project, command)).encode())
+    return wire.encode_request("event", project=str(rt.project).encode(), body=json.dumps(pre_event(rt.project, command)).encode())
 
 
 def _reply(sock):
@@ -33,7 +33,7 @@ def _reply(sock):
         assert chunk, "connection closed before a reply header"
         data += chunk
     size = int.from_bytes(data[:4], "big")
-    code, out_len, err_len = client.parse_reply_header(data[4 : 4 + size])
+    code, out_len, err_len = wire.parse_reply_header(data[4 : 4 + size])
     body = data[4 + size :]
     while len(body) < out_len + err_len:
         chunk = sock.recv(65536)

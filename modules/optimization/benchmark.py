@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
-from . import client
+from . import client, wire
 from .installer import HOOKS_DIR, install
 from .performance_monitor import nearest_rank
 from .protocol import HookResult, ProtocolError, parse_event
@@ -174,12 +174,12 @@ def stopped_daemon(project: Path, timeout_s: float = 15.0, *, clock: Callable[[]
     """Stop the project's daemon, wait until its process is gone, and keep it from restarting inside the block."""
     key = str(project)
     try:
-        pid: int | None = int(Path(client.runtime_path(key, ".pid")).read_text())
+        pid: int | None = int(Path(wire.runtime_path(key, ".pid")).read_text())
     except (OSError, ValueError):
         pid = None
-    client.ask_daemon(key, client.encode_request("stop", project=key.encode()), 5.0)
-    os.makedirs(client.runtime_dir(), mode=0o700, exist_ok=True)
-    fd = os.open(client.runtime_path(key, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    client.ask_daemon(key, wire.encode_request("stop", project=key.encode()), 5.0)
+    os.makedirs(wire.runtime_dir(), mode=0o700, exist_ok=True)
+    fd = os.open(wire.runtime_path(key, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline, killed = clock() + timeout_s, False
         while True:

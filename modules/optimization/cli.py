@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from . import benchmark, client
+from . import benchmark, client, wire
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .scopes import SCOPE_NAMES, scope as settings_scope
@@ -155,7 +155,7 @@ def cmd_bench(project: Path, events: Path | None, rounds: int, chart_path: Path)
 
 
 def _daemon_status(project: Path) -> dict[str, Any] | None:
-    reply = client.ask_daemon(str(project), client.encode_request("status", project=str(project).encode()), 5.0)
+    reply = client.ask_daemon(str(project), wire.encode_request("status", project=str(project).encode()), 5.0)
     return json.loads(reply[1]) if reply and reply[0] == 0 else None
 
 

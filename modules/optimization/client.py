@@ -7,13 +7,7 @@ frame to the project's daemon, writes the reply and exits with its code. If the
 daemon does not answer in time it starts one and evaluates the event in-process
 with the same engine: slower, never wrong.
 
-Wire format (both directions): a 4-byte big-endian header length, a JSON header,
-then raw byte sections whose lengths the header gives. Nothing is pickled.
-  request:  {"v":1,"op":OP,"project":N,"env":N,"cwd":N,"script":N,"argv":N,"body":N} + sections in that order
-  reply:    {"v":1,"exit":X,"out":N,"err":M} + stdout + stderr, or {"v":1,"error":"..."}
-``env`` is the client's environment as NUL-separated KEY=VALUE bytes, exactly; ``argv``
-is NUL-separated too. Ops: ``event`` (hookopt's own validators), ``stack`` (the
-project's installed hook stack), ``legacy`` (one installed script), ``status``, ``stop``.
+The frame format, limits and runtime paths are in wire.py.
 """
 
 import posix
@@ -21,82 +15,28 @@ import sys
 
 import _socket
 
+from .wire import (
+    BOOT_BACKOFF_S,
+    DEFAULT_TIMEOUT_MS,
+    DISABLED_SUFFIX,
+    HOOKOPT_BIN,
+    LEGACY_ENV,
+    MAX_EVENT_BYTES,
+    MAX_HEADER_BYTES,
+    encode_request,
+    parse_reply_header,
+    recv_exactly,
+    runtime_dir,
+    runtime_path,
+    secure_dir,
+)
+
 MYPY = False
 if MYPY:  # for the type checker only: importing typing would cost every tool call
+    from types import ModuleType
     from typing import Callable
 
     Reply = tuple[int, bytes, bytes]
-
-VERSION = 1
-MAX_EVENT_BYTES = 16 * 1024 * 1024  # matches protocol.MAX_EVENT_BYTES
-MAX_HEADER_BYTES = 4096
-DEFAULT_TIMEOUT_MS = 3000  # used until the daemon has written its profile's value
-BOOT_BACKOFF_S = 30  # after a daemon failed to boot, clients wait this long before trying again
-RUNTIME_ROOT = "/tmp"  # $HOOKOPT_RUNTIME_DIR overrides it (tests, unusual systems)
-HOOKOPT_BIN = "HOOKOPT_PYTHON"  # override the interpreter that runs the daemon
-
-
-def runtime_dir() -> str:
-    """The per-user directory holding sockets, pid, lock and port files (0700)."""
-    root = posix.environ.get(b"HOOKOPT_RUNTIME_DIR")
-    return f"{root.decode() if root else RUNTIME_ROOT}/hookopt-{posix.getuid()}"
-
-
-def project_key(project: str) -> str:
-    """A short, stable name for a project path (FNV-1a 64): socket paths must stay short."""
-    h = 0xCBF29CE484222325
-    for byte in project.encode("utf-8", "surrogateescape"):
-        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
-def runtime_path(project: str, suffix: str) -> str:
-    """The runtime file of a project's daemon: .sock, .pid, .lock, .timeout, .http, .metrics."""
-    return f"{runtime_dir()}/{project_key(project)}{suffix}"
-
-
-def secure_dir(path: str) -> bool:
-    """Whether path is a real directory owned by us that nobody else can enter."""
-    try:
-        st = posix.lstat(path)
-    except OSError:
-        return False
-    return (st.st_mode & 0o170000) == 0o040000 and st.st_uid == posix.getuid() and not st.st_mode & 0o077
-
-
-SECTIONS = ("project", "env", "cwd", "script", "argv", "body")
-LEGACY_ENV = "HOOKOPT_RUNNING_LEGACY"  # set while a stub's original runs, so it never calls back
-
-
-def encode_request(op: str, **sections: bytes) -> bytes:
-    """Build one request frame from the named byte sections (missing ones are empty)."""
-    parts = [sections.get(name, b"") for name in SECTIONS]
-    lengths = b",".join(b'"%s":%d' % (name.encode(), len(part)) for name, part in zip(SECTIONS, parts))
-    header = b'{"v":%d,"op":"%s",%s}' % (VERSION, op.encode(), lengths)
-    return len(header).to_bytes(4, "big") + header + b"".join(parts)
-
-
-def _recv_exactly(sock: "_socket.socket", n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise ConnectionError("daemon closed the connection")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def parse_reply_header(header: bytes) -> "tuple[int, int, int] | None":
-    """Read (exit, out length, err length) from a reply header; None for a refusal."""
-    fields = {}
-    for part in header.strip(b"{} ").split(b","):
-        key, _, value = part.partition(b":")
-        fields[key.strip(b' "')] = value.strip()
-    if b"error" in fields or fields.get(b"v") != b"%d" % VERSION:
-        return None
-    return int(fields[b"exit"]), int(fields[b"out"]), int(fields[b"err"])
-
 
 def _timeout_s(project: str) -> float:
     try:
@@ -124,15 +64,15 @@ def ask_daemon(project: str, frame: bytes, timeout_s: float) -> "tuple[int, byte
             if int.from_bytes(cred[4:8], sys.byteorder) != posix.getuid():
                 return None
         sock.sendall(frame)
-        size = int.from_bytes(_recv_exactly(sock, 4), "big")
+        size = int.from_bytes(recv_exactly(sock, 4), "big")
         if size > MAX_HEADER_BYTES:
             return None
-        parsed = parse_reply_header(_recv_exactly(sock, size))
+        parsed = parse_reply_header(recv_exactly(sock, size))
         if parsed is None:
             return None
         code, out_len, err_len = parsed
-        out = _recv_exactly(sock, out_len)
-        return code, out, _recv_exactly(sock, err_len)
+        out = recv_exactly(sock, out_len)
+        return code, out, recv_exactly(sock, err_len)
     except (OSError, ValueError, KeyError):
         return None
     finally:
@@ -171,17 +111,6 @@ def start_daemon(project: str) -> None:
         )
     except OSError:
         pass  # the in-process evaluation below still answers this event
-
-
-def fallback(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
-    """Evaluate in-process with the daemon's own engine (imports the full package)."""
-    _site()
-    from modules.optimization.hook_integration import evaluate_bytes
-
-    return evaluate_bytes(raw, project)
-
-
-DISABLED_SUFFIX = ".disabled"  # written by a daemon that found "enabled": false in the settings
 
 
 def _enabled(project: str) -> bool:
@@ -227,23 +156,16 @@ def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: b
     return code
 
 
+def _slow() -> "ModuleType":
+    """The in-process fallback (fallback.py): only when no daemon answers."""
+    from . import fallback
+
+    return fallback
+
+
 def main() -> int:
     """Run one hook event through hookopt's own validators."""
-    return _answer("event", fallback)
-
-
-def _site() -> None:
-    import site
-
-    site.main()  # the fast path runs under -S; the slow paths need site-packages
-
-
-def stack_fallback(raw: bytes, project: str, scope: str = "project") -> "tuple[int, bytes, bytes]":
-    """Run a scope's installed stack the slow way: each hook spawned, as Claude Code would."""
-    _site()
-    from modules.optimization.hook_integration import run_stack_spawned
-
-    return run_stack_spawned(raw, project, posix.getcwd(), scope)
+    return _answer("event", lambda raw, project: _slow().evaluate(raw, project))
 
 
 def main_stack() -> int:
@@ -252,7 +174,7 @@ def main_stack() -> int:
     The client's one argument names the settings scope it was installed in (project when
     absent), so the daemon runs only that scope's hooks."""
     scope = sys.argv[1] if len(sys.argv) > 1 else "project"
-    return _answer("stack", lambda raw, project: stack_fallback(raw, project, scope), argv=scope.encode())
+    return _answer("stack", lambda raw, project: _slow().run_stack(raw, project, scope), argv=scope.encode())
 
 
 def run_original(script: str, argv: "list[str]") -> int:
@@ -277,17 +199,9 @@ def run_stub(script: str, interpreter: str) -> int:
         # Spawned on purpose (fallback or a non-warm path): be the original, in this process.
         return run_original(script, argv)
 
-    def spawn(raw: bytes, project: str) -> "tuple[int, bytes, bytes]":
-        import subprocess
-
-        env = dict(posix.environ)
-        env[LEGACY_ENV.encode()] = b"1"
-        proc = subprocess.run([interpreter, script, *argv], input=raw, capture_output=True, env=env)
-        return proc.returncode, proc.stdout, proc.stderr
-
     return _answer(
         "legacy",
-        spawn,
+        lambda raw, project: _slow().spawn_original(interpreter, script, argv, raw),
         script=script.encode("utf-8", "surrogateescape"),
         argv=b"\0".join(a.encode("utf-8", "surrogateescape") for a in argv),
     )

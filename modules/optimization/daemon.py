@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping, Sequence
 
-from . import client
+from . import wire
 from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
@@ -66,12 +66,12 @@ _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1
 
 def ensure_runtime_dir() -> Path:
     """Create the per-user runtime directory 0700, or refuse one we do not own."""
-    path = Path(client.runtime_dir())
+    path = Path(wire.runtime_dir())
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
         pass
-    if not client.secure_dir(str(path)):
+    if not wire.secure_dir(str(path)):
         raise PermissionError(f"{path} is not a private directory owned by uid {os.getuid()} (mode 0700, no symlink)")
     return path
 
@@ -84,7 +84,7 @@ def apply_debug(settings: Settings) -> None:
 def mark_disabled(project: Path) -> None:
     """Tell the project's clients that optimization is off (enabled: false): they run the
     hooks without a daemon until the project's settings change."""
-    _write_private(Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)), "enabled: false\n")
+    _write_private(Path(wire.runtime_path(str(project), wire.DISABLED_SUFFIX)), "enabled: false\n")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -126,7 +126,7 @@ class Listeners:
 
 def bind_listeners(project: Path, endpoint: Mapping[str, Any]) -> Listeners:
     """Listen on the project's unix socket (0600) and on its saved http port (another if taken)."""
-    sock_path = Path(client.runtime_path(str(project), ".sock"))
+    sock_path = Path(wire.runtime_path(str(project), ".sock"))
     sock_path.unlink(missing_ok=True)  # we hold the lock, so any socket there is stale
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -277,18 +277,18 @@ class Daemon:
 
     # -- unix socket ----------------------------------------------------------
 
-    async def _answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
-        if size > client.MAX_HEADER_BYTES:
+    async def answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
+        if size > wire.MAX_HEADER_BYTES:
             raise ProtocolError(f"frame header of {size} bytes")
         raw_header = await reader.readexactly(size)
         try:
             header = json.loads(raw_header)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"unreadable frame header: {exc}") from None
-        if not isinstance(header, dict) or header.get("v") != client.VERSION:
+        if not isinstance(header, dict) or header.get("v") != wire.VERSION:
             raise ProtocolError(f"unsupported frame header {raw_header[:200]!r}")
         lengths: list[int] = []
-        for name in client.SECTIONS:
+        for name in wire.SECTIONS:
             length = header.get(name, 0)
             if not isinstance(length, int) or not 0 <= length <= _SECTION_LIMITS.get(name, 65536):
                 raise ProtocolError(f"frame section {name} of {length!r} bytes")
@@ -297,7 +297,7 @@ class Daemon:
         data = await reader.readexactly(sum(lengths))
         sections: dict[str, bytes] = {}
         offset = 0
-        for name, length in zip(client.SECTIONS, lengths):
+        for name, length in zip(wire.SECTIONS, lengths):
             sections[name] = data[offset : offset + length]
             offset += length
         for name in ("project", "cwd", "script"):
@@ -540,7 +540,7 @@ class Daemon:
         return not self.sessions and quiet >= self.settings.profile.idle_timeout_s
 
     def _write_timeout(self) -> None:
-        _write_private(Path(client.runtime_path(str(self.project), ".timeout")), str(self.settings.profile.client_timeout_ms))
+        _write_private(Path(wire.runtime_path(str(self.project), ".timeout")), str(self.settings.profile.client_timeout_ms))
 
     async def _tick(self) -> None:
         ticks = 0
@@ -605,14 +605,14 @@ class Daemon:
         own = listeners is None
         if listeners is None:
             listeners = bind_listeners(self.project, self.endpoint)
-        self._servers.append(await loop.create_unix_server(lambda: FrameProtocol(self, _SECTION_LIMITS), sock=listeners.unix))
+        self._servers.append(await loop.create_unix_server(lambda: FrameProtocol(self.answer_frame, _SECTION_LIMITS), sock=listeners.unix))
         http = await asyncio.start_server(self.handle_http, sock=listeners.http)
         self._servers.append(http)
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
         self.endpoint.update(port=http.sockets[0].getsockname()[1], metrics_port=metrics_port)
         _write_private(self.state / "http.json", json.dumps(self.endpoint))
         self._write_timeout()
-        _write_private(Path(client.runtime_path(str(self.project), ".pid")), str(os.getpid()))
+        _write_private(Path(wire.runtime_path(str(self.project), ".pid")), str(os.getpid()))
         log.info("serving %s (pid %d, http %s, metrics %s)", self.project, os.getpid(), self.endpoint["port"], metrics_port)
         self.heartbeat()  # the first beat: booted and listening
         try:
@@ -626,7 +626,7 @@ class Daemon:
             server.close()
         if sock_path is not None:
             sock_path.unlink(missing_ok=True)
-        Path(client.runtime_path(str(self.project), ".pid")).unlink(missing_ok=True)
+        Path(wire.runtime_path(str(self.project), ".pid")).unlink(missing_ok=True)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
@@ -668,12 +668,12 @@ def _event_name(body: bytes) -> str:
 
 
 def _reply(result: HookResult) -> bytes:
-    header = b'{"v":%d,"exit":%d,"out":%d,"err":%d}' % (client.VERSION, result.exit_code or 0, len(result.stdout), len(result.stderr))
+    header = b'{"v":%d,"exit":%d,"out":%d,"err":%d}' % (wire.VERSION, result.exit_code or 0, len(result.stdout), len(result.stderr))
     return len(header).to_bytes(4, "big") + header + result.stdout + result.stderr
 
 
 def _reply_error(message: str) -> bytes:
-    header = json.dumps({"v": client.VERSION, "error": message}).encode()
+    header = json.dumps({"v": wire.VERSION, "error": message}).encode()
     return len(header).to_bytes(4, "big") + header
 
 
@@ -691,7 +691,7 @@ def _http(status: int, body: bytes, *, close: bool) -> bytes:
 
 
 def _acquire_lock(project: Path) -> int | None:
-    fd = os.open(client.runtime_path(str(project), ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(wire.runtime_path(str(project), ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -703,8 +703,8 @@ def _acquire_lock(project: Path) -> int | None:
 def compile_client() -> None:
     """Write bytecode for the thin client's modules: nothing else caches it when
     PYTHONDONTWRITEBYTECODE is set, and scripts run as __main__ never are."""
-    root = Path(client.__file__).parent
-    for path in (root.parent / "__init__.py", root / "__init__.py", root / "client.py"):
+    root = Path(wire.__file__).parent
+    for path in (root.parent / "__init__.py", root / "__init__.py", root / "client.py", root / "wire.py"):
         try:
             py_compile.compile(str(path), doraise=True)
         except (OSError, py_compile.PyCompileError) as exc:
@@ -716,7 +716,7 @@ def _boot_failed(project: Path, message: str) -> int:
     if logging.getLogger().handlers:  # else daemon.log could not be opened: stderr only
         log.error("cannot start: %s", message)
     print(f"hookopt daemon: {message}", file=sys.stderr)
-    _write_private(Path(client.runtime_path(str(project), ".failed")), f"{message}\n")
+    _write_private(Path(wire.runtime_path(str(project), ".failed")), f"{message}\n")
     return EXIT_CONFIG
 
 
@@ -744,11 +744,11 @@ def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: 
             log.info("optimization disabled (enabled: false): not serving; hooks run without the daemon")
             mark_disabled(project)
             return EXIT_OK
-        Path(client.runtime_path(str(project), client.DISABLED_SUFFIX)).unlink(missing_ok=True)
+        Path(wire.runtime_path(str(project), wire.DISABLED_SUFFIX)).unlink(missing_ok=True)
         daemon = Daemon(project, settings)
     except (ConfigError, OSError, sqlite3.Error) as exc:
         return _boot_failed(project, _state_error(project, exc))
-    Path(client.runtime_path(str(project), ".failed")).unlink(missing_ok=True)
+    Path(wire.runtime_path(str(project), ".failed")).unlink(missing_ok=True)
     daemon.heartbeat = ctx.beat
     daemon.supervision = ctx.info()
     asyncio.run(daemon.serve(listeners))
@@ -795,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             supervisor.close()
             listeners.close()
-            Path(client.runtime_path(str(project), ".pid")).unlink(missing_ok=True)
+            Path(wire.runtime_path(str(project), ".pid")).unlink(missing_ok=True)
         if code not in FINAL_EXITS:
             _boot_failed(project, f"the daemon kept crashing right after its start; see {state_dir(project, create=False) / 'daemon.log'}")
         return code

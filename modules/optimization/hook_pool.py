@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
-from .client import LEGACY_ENV
+from .wire import LEGACY_ENV
 from .forkserver_client import ForkServer, ForkServerUnavailable
 from .legacy_runner import LegacyRunner
 from .sh_plan import STUB_MARKER, Plan

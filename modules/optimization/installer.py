@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Final, Literal, Mapping
 
-from . import client
+from . import client, wire
 from .hook_pool import STUB_MARKER
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .paths import state_dir
@@ -331,7 +331,7 @@ def _start_daemon_for_http(project: Path) -> dict[str, Any]:
     while time.monotonic() < deadline:
         try:
             endpoint = json.loads(path.read_text(encoding="utf-8"))
-            if endpoint.get("port") and os.path.exists(client.runtime_path(str(project), ".sock")):
+            if endpoint.get("port") and os.path.exists(wire.runtime_path(str(project), ".sock")):
                 return dict(endpoint)
         except (OSError, ValueError):
             pass
@@ -542,7 +542,7 @@ def uninstall(
 
 def _stop_daemon(project: Path) -> None:
     """Ask the project's daemon to stop (it would otherwise keep serving a stack that is gone)."""
-    frame = client.encode_request("stop", project=str(project).encode())
+    frame = wire.encode_request("stop", project=str(project).encode())
     client.ask_daemon(str(project), frame, 5.0)
 
 

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
-from .client import LEGACY_ENV  # set when spawning, so a stub runs its original instead of calling us
+from .wire import LEGACY_ENV  # set when spawning, so a stub runs its original instead of calling us
 from .protocol import HookResult
 
 __all__ = ["SH", "spawn"]

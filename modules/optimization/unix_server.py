@@ -4,7 +4,7 @@ A thin client opens a connection, sends one frame and reads one reply. asyncio's
 streams (StreamReader, StreamWriter, a task per connection, three awaited reads, an
 IncompleteReadError at EOF) cost more per connection than answering a cached event;
 this protocol gathers a whole frame from data_received, answers it with the daemon's
-own frame parser (Daemon._answer_frame, fed from memory) and writes the reply in one
+own frame parser (Daemon.answer_frame, fed from memory) and writes the reply in one
 call. Frames on one connection are answered in order, one at a time.
 """
 
@@ -16,14 +16,14 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
-from . import client
+from . import wire
 from .protocol import ProtocolError
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+# The daemon's frame parser: (a reader holding the frame after its length, the header length) -> reply.
+AnswerFrame = Callable[[asyncio.StreamReader, int], Awaitable[bytes]]
 
 __all__ = ["FrameProtocol"]
 
@@ -35,8 +35,8 @@ _PEERCRED: Final = struct.Struct("3i")
 class FrameProtocol(asyncio.Protocol):
     """Answer request frames from one thin client of our own uid."""
 
-    def __init__(self, daemon: Daemon, limits: Mapping[str, int]) -> None:
-        self.daemon = daemon
+    def __init__(self, answer_frame: AnswerFrame, limits: Mapping[str, int]) -> None:
+        self.answer_frame = answer_frame
         self.limits = limits  # the largest section the daemon's parser accepts, by name
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -92,7 +92,7 @@ class FrameProtocol(asyncio.Protocol):
         reader = asyncio.StreamReader()
         reader.feed_data(frame[4:])
         reader.feed_eof()
-        return await self.daemon._answer_frame(reader, int.from_bytes(frame[:4], "big"))
+        return await self.answer_frame(reader, int.from_bytes(frame[:4], "big"))
 
     def _answered(self, task: asyncio.Task[bytes]) -> None:
         self.busy = False
@@ -121,7 +121,7 @@ def _frame_size(buf: bytearray, limits: Mapping[str, int]) -> int | None:
     if len(buf) < 4:
         return None
     header_size = int.from_bytes(buf[:4], "big")
-    if header_size > client.MAX_HEADER_BYTES:
+    if header_size > wire.MAX_HEADER_BYTES:
         return 4
     if len(buf) < 4 + header_size:
         return None
@@ -132,7 +132,7 @@ def _frame_size(buf: bytearray, limits: Mapping[str, int]) -> int | None:
     if not isinstance(header, dict):
         return 4 + header_size
     total = 0
-    for name in client.SECTIONS:
+    for name in wire.SECTIONS:
         length = header.get(name, 0)
         if not isinstance(length, int) or not 0 <= length <= limits.get(name, 65536):
             return 4 + header_size
