@@ -14,7 +14,8 @@ import time
 import pytest
 
 from bench.conftest import report, sized
-from modules.optimization.hook_pool import LegacyRunner, spawn
+from modules.optimization.legacy_runner import LegacyRunner
+from modules.optimization.spawn import spawn
 
 HOOK = """import json, sys
 event = json.load(sys.stdin)

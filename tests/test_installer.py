@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modules.optimization.installer import STUB_MARKER, InstallError, consolidate, install, union_matcher, uninstall
+from modules.optimization.installer import InstallError, consolidate, install, union_matcher, uninstall
+from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import matcher_matches
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from modules.optimization.hook_pool import (
-    LEGACY_ENV,
-    STUB_MARKER,
-    ForkServer,
-    LegacyRunner,
-)
+from modules.optimization.forkserver_client import ForkServer
+from modules.optimization.legacy_runner import LegacyRunner
+from modules.optimization.manifest import STUB_MARKER
+from modules.optimization.wire import LEGACY_ENV
 from modules.optimization.protocol import HookResult
 
 CORPUS = Path(__file__).parent / "legacy_corpus"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.optimization.installer import STUB_MARKER, InstallError, install, uninstall
+from modules.optimization.installer import InstallError, install, uninstall
+from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import parse_event
 from modules.optimization.stack import load_stacks
 from tests.test_installer import snapshot

@@ -20,7 +20,7 @@ from .scopes import SCOPE_NAMES, scope as settings_scope
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .protocol import ProtocolError, interpret, parse_event
 from .resources import shipped
-from .stack import load_manifest, load_manifest_at
+from .manifest import load_manifest, load_manifest_at
 
 __all__ = ["main"]
 

@@ -41,7 +41,7 @@ from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, 
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
-from .hook_pool import LegacyRunner
+from .legacy_runner import LegacyRunner
 from .logfile import log_to
 from .supervisor import Policy, Supervisor, WorkerContext
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event

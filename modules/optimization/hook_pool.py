@@ -2,8 +2,7 @@
 
 Legacy hooks (users' own scripts) run elsewhere: legacy_runner.py (LegacyRunner),
 forkserver_client.py and forkserver.py (the warm fork server), sh_plan.py (what sh
-would run), spawn.py (spawning as Claude Code does). Their names are re-exported here
-so imports written against the old single module keep working.
+would run), spawn.py (spawning as Claude Code does).
 """
 
 from __future__ import annotations
@@ -16,27 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
-from .wire import LEGACY_ENV
-from .forkserver_client import ForkServer, ForkServerUnavailable
-from .legacy_runner import LegacyRunner
-from .sh_plan import STUB_MARKER, Plan
-from .spawn import spawn
-
 if TYPE_CHECKING:
     from .integrated_optimizer import Profile
 
-__all__ = [
-    "GUARD",
-    "LEGACY_ENV",
-    "OBSERVER",
-    "STUB_MARKER",
-    "ForkServer",
-    "ForkServerUnavailable",
-    "LegacyRunner",
-    "Plan",
-    "WorkerPool",
-    "spawn",
-]
+__all__ = ["GUARD", "OBSERVER", "WorkerPool"]
 
 GUARD: Final = 0  # lower runs first: blocking guards go ahead of observers
 OBSERVER: Final = 10

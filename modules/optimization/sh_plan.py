@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-__all__ = ["STUB_MARKER", "Plan", "Planner"]
+from .manifest import is_stub
 
-STUB_MARKER: Final = b"# hookopt stub"  # in a script's first 512 bytes: ours; its code lives in <script>.original
+__all__ = ["Plan", "Planner"]
+
 _PYTHON_NAME: Final = re.compile(r"python(\d+(\.\d+)?)?")
 _ASSIGNMENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _VAR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -172,7 +173,7 @@ class Planner:
         with open(path, "rb") as f:
             head = f.read(512)
         code_path, reason = os.path.abspath(path), "python script"
-        if STUB_MARKER in head:
+        if is_stub(head):
             code_path, reason = code_path + ".original", "stub of a python script"
             if not os.path.isfile(_consult(code_path)):
                 raise SpawnInstead(f"stub {script} has no .original")

@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Iterator, Mapping, Sequence
 
-from .hook_pool import spawn
+from .manifest import load_manifest_at
 from .paths import state_dir
 from .consolidation import CONSOLIDATED_EVENTS, combine_stack
 from .protocol import HookResult, matcher_matches, matcher_subject
 from .scopes import PRECEDENCE, Scope, scope
+from .spawn import spawn
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "MANIFEST_NAME", "ScopeStack", "StackHook", "Stacks", "combine_selected", "consolidated",
-    "left_reason", "load_manifest", "load_stacks", "run_selected", "run_spawned", "select",
+    "DEFAULT_TIMEOUT_S", "ScopeStack", "StackHook", "Stacks", "combine_selected", "consolidated",
+    "left_reason", "load_stacks", "run_selected", "run_spawned", "select",
 ]
 
-MANIFEST_NAME: Final = "install.json"
 DEFAULT_TIMEOUT_S: Final = 600.0  # Claude Code's default for command hooks
 
 
@@ -43,22 +43,6 @@ class StackHook:
 
     command: str
     timeout_s: float = DEFAULT_TIMEOUT_S
-
-
-def load_manifest(project: Path) -> dict[str, Any] | None:
-    """The project-scope install manifest of a project, or None when hookopt is not installed there."""
-    return load_manifest_at(state_dir(project, create=False) / MANIFEST_NAME)
-
-
-def load_manifest_at(path: Path) -> dict[str, Any] | None:
-    """An install manifest, or None when there is none."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: unreadable install manifest ({exc}); run `hookopt uninstall --force`") from None
-    return data if isinstance(data, dict) else None
 
 
 # The hook fields a consolidated run reproduces exactly; any other field (if, async,
