@@ -66,39 +66,13 @@ def test_hit_miss_counts_and_rate(clock: FakeClock) -> None:
     cache.put("x", True)
     cache.get("x")
     cache.get("x")
-    cache.get_or_compute("y", lambda: 7)
+    cache.get("y")
+    cache.put("y", 7)
     assert (cache.hits, cache.misses) == (2, 2)
     assert cache.stats() == {"hits": 2, "misses": 2, "hit_rate": 0.5, "size": 2, "maxsize": 5}
     cache.clear()
     assert len(cache) == 0 and cache.get("x") is None
     assert (cache.hits, cache.misses) == (2, 3)  # clear keeps the counters
-
-
-def test_get_or_compute_computes_once_until_expiry(clock: FakeClock) -> None:
-    cache = ValidatorCache(5, ttl=10, timer=clock)
-    calls: list[int] = []
-
-    def compute() -> dict[str, Any]:
-        calls.append(1)
-        return {"n": len(calls)}
-
-    assert cache.get_or_compute("k", compute) == {"n": 1}
-    assert cache.get_or_compute("k", compute) == {"n": 1}
-    assert len(calls) == 1
-    clock.tick(10)
-    assert cache.get_or_compute("k", compute) == {"n": 2}
-    assert len(calls) == 2
-
-
-def test_compute_error_propagates_and_caches_nothing(clock: FakeClock) -> None:
-    cache = ValidatorCache(5, ttl=10, timer=clock)
-
-    def boom() -> Any:
-        raise RuntimeError("validator failed")
-
-    with pytest.raises(RuntimeError):
-        cache.get_or_compute("k", boom)
-    assert len(cache) == 0
 
 
 def test_rejects_none_and_values_json_cannot_hold(clock: FakeClock) -> None:
@@ -107,15 +81,12 @@ def test_rejects_none_and_values_json_cannot_hold(clock: FakeClock) -> None:
         cache.put("k", None)
     with pytest.raises(TypeError):
         cache.put("k", {1, 2})
-    with pytest.raises(TypeError):
-        cache.get_or_compute("k", object)
     assert len(cache) == 0
 
 
 def test_maxsize_zero_stores_nothing(clock: FakeClock) -> None:
     cache = ValidatorCache(0, ttl=10, timer=clock)
     cache.put("k", 1)
-    assert cache.get_or_compute("k", lambda: 2) == 2
     assert len(cache) == 0 and cache.get("k") is None
 
 
@@ -431,28 +402,6 @@ def test_directory_in_place_of_the_file_is_ignored(tmp_path: Path) -> None:
 # --- threads -----------------------------------------------------------------
 
 
-def test_racing_computes_agree_on_one_stored_value() -> None:
-    cache = ValidatorCache(10, ttl=60)
-    both_computing = threading.Barrier(2, timeout=10)
-    results: list[Any] = []
-
-    def compute() -> str:
-        both_computing.wait()  # both threads have missed and are computing at once
-        return threading.current_thread().name
-
-    def worker() -> None:
-        results.append(cache.get_or_compute("k", compute))
-
-    threads = [threading.Thread(target=worker, name=f"t{i}") for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert len(results) == 2 and results[0] == results[1]  # the first writer won for both
-    assert cache.get("k") == results[0]
-    assert cache.misses == 2
-
-
 @pytest.fixture
 def fast_switching() -> Iterator[None]:
     """Switch threads as often as possible, so unguarded read-modify-writes interleave."""
@@ -465,12 +414,10 @@ def fast_switching() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("fast_switching")
-def test_threads_hammering_get_or_compute_keep_counts_consistent() -> None:
+def test_threads_hammering_get_and_put_keep_counts_consistent() -> None:
     cache = ValidatorCache(16, ttl=60)
     keys = [f"k{i}" for i in range(24)]  # more keys than room, so eviction runs too
     n_threads, n_calls = 8, 2000
-    computed = [0]
-    count_lock = threading.Lock()
     errors: list[str] = []
     start = threading.Barrier(n_threads, timeout=10)
 
@@ -479,13 +426,10 @@ def test_threads_hammering_get_or_compute_keep_counts_consistent() -> None:
         start.wait()
         for _ in range(n_calls):
             key = rnd.choice(keys)
-
-            def compute(key: str = key) -> str:
-                with count_lock:
-                    computed[0] += 1
-                return key.upper()
-
-            if cache.get_or_compute(key, compute) != key.upper():
+            value = cache.get(key)
+            if value is None:
+                cache.put(key, key.upper())
+            elif value != key.upper():
                 errors.append(key)
             len(cache)
 
@@ -496,7 +440,6 @@ def test_threads_hammering_get_or_compute_keep_counts_consistent() -> None:
         t.join(60)
     assert not errors
     assert cache.hits + cache.misses == n_threads * n_calls
-    assert cache.misses == computed[0]  # every miss computed exactly once
     assert cache.misses >= len(keys)  # each key missed at least once
     assert len(cache) == 16
     stats = cache.stats()

@@ -446,24 +446,6 @@ def test_fuzz_parse_event_raises_only_protocol_error(raw):
         assert isinstance(event.get("tool_input", {}), dict)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["exit_code", "stdout", "stderr", "other"]), json_values))
-def test_fuzz_hook_result_from_json_raises_only_protocol_error(data):
-    try:
-        result = HookResult.from_json(data)
-    except ProtocolError:
-        return
-    assert result.exit_code is None or isinstance(result.exit_code, int)
-    assert isinstance(result.stdout, bytes) and isinstance(result.stderr, bytes)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.one_of(st.none(), st.integers(-(2**31), 2**31)), st.binary(max_size=64), st.binary(max_size=64))
-def test_fuzz_hook_result_json_round_trip(code, out, err):
-    result = HookResult(code, out, err)
-    assert HookResult.from_json(json.loads(json.dumps(result.to_json()))) == result
-
-
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200) | st.builds(lambda parts: b",".join(parts), st.lists(st.sampled_from([b'{"v":1', b'"exit":3', b'"out":-1', b'"err":x', b'"error":""', b"}", b":", b'"v":2']), max_size=6)))
 def test_fuzz_reply_header_parser_fails_only_in_ways_the_client_catches(header):

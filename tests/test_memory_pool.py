@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modules.optimization.memory_pool import BoundedStore, PoolExhaustedError, SharedBlockPool
+from modules.optimization.memory_pool import PoolExhaustedError, SharedBlockPool
 
 KB = 1 << 10
 
@@ -99,55 +99,3 @@ def test_close_unlinks_free_and_in_use_blocks() -> None:
     pool.close()
     with pytest.raises(RuntimeError):
         pool.acquire(10)
-
-
-# --- BoundedStore --------------------------------------------------------------
-
-
-def test_store_evicts_least_recently_used_by_count() -> None:
-    store: BoundedStore[str, bytes] = BoundedStore(max_items=2, max_bytes=1000)
-    store.put("a", b"1")
-    store.put("b", b"2")
-    assert store.get("a") == b"1"  # "b" is now the least recently used
-    store.put("c", b"3")
-    assert "b" not in store
-    assert "a" in store and "c" in store
-    assert len(store) == 2
-
-
-def test_store_evicts_least_recently_used_by_bytes() -> None:
-    store: BoundedStore[str, bytes] = BoundedStore(max_items=100, max_bytes=10)
-    store.put("a", b"aaaa")
-    store.put("b", b"bbbb")
-    store.get("a")
-    store.put("c", b"cccc")
-    assert "b" not in store
-    assert store.get("a") == b"aaaa" and store.get("c") == b"cccc"
-    assert store.total_bytes == 8
-
-
-def test_store_refuses_a_value_larger_than_the_byte_bound() -> None:
-    store: BoundedStore[str, bytes] = BoundedStore(max_items=10, max_bytes=10)
-    assert store.put("k", b"small")
-    assert not store.put("k", b"x" * 11)
-    assert "k" not in store  # no stale value left behind
-    assert store.get("k", b"default") == b"default"
-    assert store.total_bytes == 0
-
-
-def test_store_uses_custom_sizeof() -> None:
-    store: BoundedStore[str, list[int]] = BoundedStore(max_items=10, max_bytes=100, sizeof=lambda v: 40 * len(v))
-    store.put("a", [1])
-    store.put("b", [1, 2])
-    assert "a" not in store
-    assert store.total_bytes == 80
-
-
-@given(st.lists(st.tuples(st.integers(0, 20), st.binary(max_size=30)), max_size=60))
-def test_store_stays_within_both_bounds(ops: list[tuple[int, bytes]]) -> None:
-    store: BoundedStore[int, bytes] = BoundedStore(max_items=5, max_bytes=64)
-    for key, value in ops:
-        store.put(key, value)
-        assert store.get(key) == value  # the value just put is never the one evicted
-        assert len(store) <= 5
-        assert store.total_bytes <= 64

@@ -76,9 +76,8 @@ class ValidatorCache:
     """A thread-safe TTL + LRU cache of validator results, optionally persisted.
 
     Locking lives here, in this class: one lock guards the cachetools TLRUCache
-    (which is not thread-safe) and the hit/miss counters. get_or_compute runs
-    compute outside the lock; if another thread stored the key meanwhile, the
-    stored value wins and is returned (the habit of cachetools' _cached.py).
+    (which is not thread-safe) and the hit/miss counters. Validators run outside
+    it: the engine looks up, runs the misses in parallel, then stores.
     """
 
     def __init__(
@@ -142,18 +141,6 @@ class ValidatorCache:
             return  # cachetools refuses every value at maxsize 0: the cache is off
         with self._lock:
             self._cache[key] = entry
-
-    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Return the cached value for key, or compute, store and return it."""
-        entry = self._lookup(key)
-        if entry is not None:
-            return entry.value
-        # compute runs unlocked: a slow validator must not stall every other lookup.
-        fresh = self._entry(compute())
-        if self._maxsize == 0:
-            return fresh.value
-        with self._lock:
-            return self._cache.setdefault(key, fresh).value
 
     def stats(self) -> dict[str, float | int]:
         """Return hits, misses, hit_rate, size and maxsize."""

@@ -552,6 +552,7 @@ class Daemon:
                 pass
             self.reload_if_changed()
             self._ingest_spool()
+            self.engine.pool.reap_idle()  # workers idle past the profile's timeout leave, down to its minimum
             self.monitor.set_queue_depth("pool", self.engine.pool.queue_depth)
             self.monitor.set_queue_depth("observers", self.observers.stats()["pending"])
             for name, state in self.engine.breakers.states().items():

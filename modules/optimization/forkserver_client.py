@@ -229,10 +229,6 @@ class ForkServer:
             if pid_f.done() and not pid_f.exception():
                 self._running.pop(pid_f.result(), None)
 
-    async def wait_closed(self) -> None:
-        """Wait until the zygote's end of the socket is gone."""
-        await self._closed.wait()
-
     async def close(self) -> None:
         """Stop the zygote (children already running finish on their own)."""
         self._drop_spares()

@@ -152,13 +152,6 @@ class WorkerPool(Executor):
         with self._cond:
             return len(self._heap)
 
-    def scale(self) -> int:
-        """Apply the scaling rule now (grow for the queue, retire stale idlers); return the worker count."""
-        with self._cond:
-            self._grow_locked()
-            self._reap_locked()
-            return len(self._workers)
-
     def reap_idle(self) -> int:
         """Retire workers idle longer than idle_timeout_s, down to min_workers; return how many left."""
         with self._cond:

@@ -1,18 +1,13 @@
-"""Reuse shared-memory blocks between tasks and keep in-memory stores bounded."""
+"""Reuse shared-memory blocks between tasks."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Generic, Hashable, TypeVar
 
-from cachetools import LRUCache
 from multiprocess.shared_memory import SharedMemory
 
-__all__ = ["BoundedStore", "PoolExhaustedError", "SharedBlockPool"]
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+__all__ = ["PoolExhaustedError", "SharedBlockPool"]
 
 
 class PoolExhaustedError(RuntimeError):
@@ -126,48 +121,3 @@ def _destroy(block: SharedMemory) -> None:
         block.close()
     except BufferError:
         pass  # a caller still holds a view; the mapping goes when that view does
-
-
-class BoundedStore(Generic[K, V]):
-    """Keep at most max_items values totalling at most max_bytes, evicting the least recently used."""
-
-    def __init__(self, max_items: int, max_bytes: int, sizeof: Callable[[V], int] = len) -> None:  # type: ignore[assignment]
-        if max_items < 1 or max_bytes < 1:
-            raise ValueError("max_items and max_bytes must be at least 1")
-        self._max_items = max_items
-        # LRUCache bounds the byte total itself; the count bound is enforced in put().
-        self._cache: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=sizeof)
-        self._lock = threading.Lock()  # LRUCache is not thread-safe and get() reorders it
-
-    def get(self, key: K, default: V | None = None) -> V | None:
-        """Return the value for key, marking it recently used, or default."""
-        with self._lock:
-            value: V | None = self._cache.get(key, default)
-            return value
-
-    def put(self, key: K, value: V) -> bool:
-        """Store value under key, evicting old entries; return False if it alone exceeds max_bytes."""
-        with self._lock:
-            try:
-                self._cache[key] = value
-            except ValueError:
-                # Too large to keep: drop any older value so get() never returns stale data.
-                self._cache.pop(key, None)
-                return False
-            while len(self._cache) > self._max_items:
-                self._cache.popitem()
-            return True
-
-    @property
-    def total_bytes(self) -> int:
-        """Return the summed size of the stored values."""
-        with self._lock:
-            return int(self._cache.currsize)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._cache)
-
-    def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._cache

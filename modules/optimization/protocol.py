@@ -126,27 +126,6 @@ class HookResult:
     def timed_out(self) -> bool:
         return self.exit_code is None
 
-    def to_json(self) -> dict[str, Any]:
-        """Encode for a JSON frame (bytes as latin-1 text so any byte survives)."""
-        return {
-            "exit_code": self.exit_code,
-            "stdout": self.stdout.decode("latin-1"),
-            "stderr": self.stderr.decode("latin-1"),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> HookResult:
-        code = data.get("exit_code")
-        if code is not None and not isinstance(code, int):
-            raise ProtocolError("exit_code must be an integer or null")
-        out, err = data.get("stdout", ""), data.get("stderr", "")
-        if not isinstance(out, str) or not isinstance(err, str):
-            raise ProtocolError("stdout and stderr must be strings")
-        try:
-            return cls(code, out.encode("latin-1"), err.encode("latin-1"))
-        except UnicodeEncodeError:
-            raise ProtocolError("stdout and stderr must be latin-1 encoded bytes") from None
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
