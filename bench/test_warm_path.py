@@ -23,11 +23,13 @@ import time
 from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized
 from modules.optimization import client, wire
 from modules.optimization.installer import install
-from modules.optimization.protocol import HookResult, combine
+from modules.optimization.protocol import HookResult, parse_event
+from modules.optimization.stack import combine_selected, select
 from tests.daemon_helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "project"
 PRE_HOOKS = ("block_dangerous.py", "audit_bash.py")  # PreToolUse Bash
+STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]  # the scripts' hooks, in this order
 # Tool calls come seconds apart: each side starts from idle, so work one does after its
 # answer (reaping, refilling spares, batching observers) is not billed to the other.
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
@@ -42,7 +44,7 @@ codes = {}
 def run(path, data):
     code = codes.get(path)
     if code is None:
-        with open(path + ".original", "rb") as f:  # installed: the script is our stub now
+        with open(path, "rb") as f:  # a consolidated install leaves the scripts as they are
             code = codes[path] = compile(f.read(), path, "exec")
     fds = [os.pipe() for _ in range(3)]
     pid = os.fork()
@@ -131,7 +133,8 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
         line = naive.stdout.readline()
         elapsed = time.perf_counter() - start
         results = [HookResult(code, out.encode(), err.encode()) for code, out, err in json.loads(line)]
-        return elapsed, combine(event_name.partition("/")[0], results) if results else HookResult(0)
+        event = parse_event(raw.encode())
+        return elapsed, combine_selected(event, select(STACK, event), results)
 
     def measure():
         with client_env(daemon):
