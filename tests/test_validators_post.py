@@ -19,7 +19,7 @@ from modules.optimization.validators.post_tool_use import (
     builtin_post,
 )
 
-FIXTURES = Path("/work/shared/fixtures/claude-code-2.1.329")
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.329"
 
 
 def fixture(name: str) -> dict[str, Any]:

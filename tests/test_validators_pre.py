@@ -21,7 +21,7 @@ from modules.optimization.validators.pre_tool_use import (
     secret_files,
 )
 
-FIXTURES = Path("/work/shared/fixtures/claude-code-2.1.329")
+FIXTURES = Path(__file__).parent / "fixtures" / "claude-code-2.1.329"
 PROJECT = "/home/user/project"
 
 
