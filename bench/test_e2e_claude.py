@@ -25,14 +25,14 @@ others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds.
 
 import json
 import os
-import socket
-import threading
 import posix
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -314,7 +314,7 @@ def report(benchmark, configs, interpreters, notes):
     for config in configs:
         per_round = [
             ((e - be) / N_CALLS * 1000, (loop - bloop) / N_CALLS * 1000)
-            for (e, loop), (be, bloop) in zip(config.sessions, base.sessions)
+            for (e, loop), (be, bloop) in zip(config.sessions, base.sessions, strict=True)
         ]
         added[config.name] = (
             statistics.median(r[0] for r in per_round),

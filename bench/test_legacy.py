@@ -62,4 +62,5 @@ def test_fork_server_vs_spawn(benchmark, tmp_path, label):
 
     benchmark.pedantic(lambda: asyncio.run(measure()), rounds=1, iterations=1)
     warm_ms, spawn_ms = statistics.median(warm) * 1000, statistics.median(spawned) * 1000
-    report(benchmark, f"legacy hook, {label}", f"fork server {warm_ms:.1f} ms vs spawned {spawn_ms:.1f} ms (median of {rounds}), {spawn_ms / warm_ms:.1f}x", warm_ms=warm_ms, spawn_ms=spawn_ms, ratio=spawn_ms / warm_ms)
+    summary = f"fork server {warm_ms:.1f} ms vs spawned {spawn_ms:.1f} ms (median of {rounds}), {spawn_ms / warm_ms:.1f}x"
+    report(benchmark, f"legacy hook, {label}", summary, warm_ms=warm_ms, spawn_ms=spawn_ms, ratio=spawn_ms / warm_ms)

@@ -6,6 +6,7 @@ Each body measures both sides alternated, asserts what it measured is right, sto
 the headline figures in benchmark.extra_info and prints them on one line.
 """
 
+import _socket
 import asyncio
 import itertools
 import json
@@ -14,8 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-
-import _socket
 
 from bench.conftest import BENIGN_COMMAND as BENIGN
 from bench.conftest import DANGEROUS_COMMAND as DANGEROUS

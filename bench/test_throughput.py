@@ -11,13 +11,12 @@ measure these threads' contention for our GIL. Targets: >= 2,000 events/s, and a
 SIGTERM the store holds every PostToolUse exactly once.
 """
 
+import _socket
 import os
 import resource
 import sqlite3
 import threading
 import time
-
-import _socket
 
 from bench.conftest import DANGEROUS_COMMAND, bash_event, client_env, percentile, report, sized
 from modules.optimization import client, wire

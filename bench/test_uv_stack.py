@@ -21,8 +21,8 @@ import pytest
 
 from bench.conftest import DANGEROUS_COMMAND, bash_event, client_env, report, sized
 from modules.optimization import client, wire
-from modules.optimization.installer import install
 from modules.optimization.consolidation import combine_stack
+from modules.optimization.installer import install
 from modules.optimization.protocol import HookResult
 from modules.optimization.spawn import spawn
 

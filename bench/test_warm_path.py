@@ -146,7 +146,10 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
             for i in range(rounds):
                 for event_name, items in cases.items():
                     raw, scripts = items[i % len(items)]
-                    sides = (("daemon", lambda: ask_daemon(raw)), ("naive", lambda: ask_naive(event_name, raw, scripts)))
+                    sides = (
+                        ("daemon", lambda raw=raw: ask_daemon(raw)),
+                        ("naive", lambda e=event_name, raw=raw, s=scripts: ask_naive(e, raw, s)),
+                    )
                     answers = {}
                     for side, ask in sides if i % 2 else reversed(sides):
                         time.sleep(SETTLE_S)
@@ -176,4 +179,5 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
         n = statistics.median(times[(event_name, "naive")]) * 1000
         figures[f"{event_name}_daemon_ms"], figures[f"{event_name}_naive_ms"] = d, n
         figures[f"{event_name}_ratio"] = d / n
-        report(benchmark, f"{event_name} ({len(cases[event_name][0][1])} hooks)", f"daemon p50 {d:.2f} ms vs naive fork loop {n:.2f} ms: {d / n:.2f}x (median of {rounds}, alternated)", **figures)
+        summary = f"daemon p50 {d:.2f} ms vs naive fork loop {n:.2f} ms: {d / n:.2f}x (median of {rounds}, alternated)"
+        report(benchmark, f"{event_name} ({len(cases[event_name][0][1])} hooks)", summary, **figures)

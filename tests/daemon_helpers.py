@@ -3,12 +3,12 @@
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import posix
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 

@@ -767,7 +767,10 @@ def test_many_concurrent_clients_lose_and_duplicate_nothing(rt):
     stored = stored_ids(rt.project)
     assert stored == Counter({f"toolu_load_{i}": 1 for i in range(1, total, 2)})
     latencies = sorted(t for _, t, _ in results)
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    def pick(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
     print(
         f"\n{total} events, {concurrency} concurrent clients, {elapsed:.1f} s ({total / elapsed:.0f} events/s); "
         f"client process latency p50 {pick(0.50):.1f} ms, p95 {pick(0.95):.1f} ms, p99 {pick(0.99):.1f} ms"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modules.optimization.installer import InstallError, consolidate, install, union_matcher, uninstall
+from modules.optimization.installer import InstallError, consolidate, install, uninstall, union_matcher
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import matcher_matches
 
@@ -65,8 +65,8 @@ def test_install_keeps_originals_and_rewrites_only_commands(project):
     assert settings["permissions"] == settings_before["permissions"]
     for event, groups in settings_before["hooks"].items():
         assert [g["matcher"] for g in settings["hooks"][event]] == [g["matcher"] for g in groups]
-        for new, old in zip(settings["hooks"][event], groups):
-            for new_hook, old_hook in zip(new["hooks"], old["hooks"]):
+        for new, old in zip(settings["hooks"][event], groups, strict=True):
+            for new_hook, old_hook in zip(new["hooks"], old["hooks"], strict=True):
                 assert new_hook["command"] == old_hook["command"].replace("python3 ", f"{sys.executable} -S ", 1)
                 assert {k: v for k, v in new_hook.items() if k != "command"} == {k: v for k, v in old_hook.items() if k != "command"}
     backup = project / ".claude" / "hookopt" / "settings.json.backup"

@@ -24,8 +24,8 @@ import pytest
 from modules.optimization.forkserver_client import ForkServer
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
-from modules.optimization.wire import LEGACY_ENV
 from modules.optimization.protocol import HookResult
+from modules.optimization.wire import LEGACY_ENV
 
 CORPUS = Path(__file__).parent / "legacy_corpus"
 HOOKS = ".claude/hooks"

@@ -5,8 +5,6 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from modules.optimization.memory_pool import PoolExhaustedError, SharedBlockPool
 

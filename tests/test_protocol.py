@@ -119,7 +119,7 @@ def test_continue_false_wins():
 
 
 def test_post_tool_use_exit_2_becomes_json_block():
-    combined = combine("PostToolUse", [HookResult(2, b"", "lint failed".encode()), HookResult(0, b"")])
+    combined = combine("PostToolUse", [HookResult(2, b"", b"lint failed"), HookResult(0, b"")])
     assert json.loads(combined.stdout) == {"decision": "block", "reason": "lint failed"}
 
 

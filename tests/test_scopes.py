@@ -14,7 +14,6 @@ from modules.optimization.installer import InstallError, install, uninstall
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import parse_event
 from modules.optimization.stack import load_stacks
-from tests.test_installer import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 USER_HOOK = "python3 ~/.claude/hooks/guard.py"

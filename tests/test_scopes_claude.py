@@ -11,7 +11,6 @@ import json
 import os
 import posix
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,8 @@ from modules.optimization import client, wire
 from modules.optimization.installer import install, uninstall
 from tests.claude_harness import _python_first_path, run_session
 from tests.conformance.cases import ctx, pre
-from tests.conformance.test_conformance import HERE as CONFORMANCE, diff, transcript
+from tests.conformance.test_conformance import HERE as CONFORMANCE
+from tests.conformance.test_conformance import diff, transcript
 from tests.daemon_helpers import private_runtime
 
 pytestmark = pytest.mark.claude

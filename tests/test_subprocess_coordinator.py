@@ -4,7 +4,7 @@ import hashlib
 import os
 import signal
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import multiprocess
 import pytest

@@ -33,8 +33,8 @@ def drive(sup, until, steps=400):
 def supervise():
     made = []
 
-    def make(worker, policy=Policy(), clock=None):
-        sup = Supervisor(worker, policy, **({"clock": clock} if clock else {}))
+    def make(worker, policy=None, clock=None):
+        sup = Supervisor(worker, policy or Policy(), **({"clock": clock} if clock else {}))
         sup.install_signals()
         made.append(sup)
         return sup
@@ -93,7 +93,7 @@ def test_quick_crashes_back_off_exponentially_then_supervision_gives_up(tmp_path
     delays = []
     for expected in (1.0, 2.0, 4.0):
         spawned = sup.restarts
-        drive(sup, lambda: sup.restarts == spawned + 1)
+        drive(sup, lambda spawned=spawned: sup.restarts == spawned + 1)
         delays.append(sup._respawn_at - clock())
         for _ in range(3):
             sup.step(max_wait_s=0.01)

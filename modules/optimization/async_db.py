@@ -21,8 +21,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Final, Iterator, Mapping, Sequence
+from typing import IO, Any, Final
 
 from .intelligent_batcher import Batcher
 

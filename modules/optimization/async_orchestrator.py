@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Sequence
+from typing import Any, Final
 
 from .hook_pool import WorkerPool
 from .parallel import TaskResult
@@ -154,7 +155,8 @@ class _Run:
             if spec.name in results:
                 continue
             if spec.name in submitted:
-                results[spec.name] = TaskResult(spec.name, "timeout", error=f"no answer within the {self.deadline_s * 1000:.0f} ms deadline", elapsed_s=time.perf_counter() - self.start)
+                why = f"no answer within the {self.deadline_s * 1000:.0f} ms deadline"
+                results[spec.name] = TaskResult(spec.name, "timeout", error=why, elapsed_s=time.perf_counter() - self.start)
             elif (blocker := next((results[d] for d in spec.depends_on if not results[d].ok), None)) is not None:
                 # Still waiting for a dependency, which is reported before us (timeout or skipped).
                 results[spec.name] = TaskResult(spec.name, "skipped", error=_failure(blocker))

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, TextIO
 
 from . import client, wire
 from .installer import HOOKS_DIR, install
@@ -128,8 +129,8 @@ def run_bench(
             for index, line in enumerate(lines):
                 native_raw, optimized_raw = _rooted(line, native_root), _rooted(line, optimized_root)
                 runs = [
-                    ("native", lambda: _native(hooks, native_raw, native_env, native_root)),
-                    ("optimized", lambda: _optimized(optimized_raw, optimized_env, optimized_root)),
+                    ("native", lambda raw=native_raw: _native(hooks, raw, native_env, native_root)),
+                    ("optimized", lambda raw=optimized_raw: _optimized(raw, optimized_env, optimized_root)),
                 ]
                 if (round_no + index) % 2:
                     runs.reverse()  # alternate who goes first, so drift cancels
@@ -251,7 +252,7 @@ def chart(result: BenchResult, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     ax.bar([x - 0.2 for x in xs], [n["p50"] for _, n, _, _ in table], width=0.4, label="native (spawned)")
     ax.bar([x + 0.2 for x in xs], [o["p50"] for _, _, o, _ in table], width=0.4, label="hookopt (warm daemon)")
-    for x, (_, n, o, ratio) in zip(xs, table):
+    for x, (_, n, o, ratio) in zip(xs, table, strict=True):
         ax.annotate(f"{ratio:.1f}x", (x, max(n["p50"], o["p50"])), ha="center", va="bottom")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("milliseconds per event (p50)")

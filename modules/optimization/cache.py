@@ -14,8 +14,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from cachetools import Cache, TLRUCache
 

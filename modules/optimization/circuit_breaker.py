@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import pybreaker
 
@@ -164,7 +165,7 @@ class BreakerBoard:
         except Exception as error:
             tb = error.__traceback__
             self._settle(name, ticket, error)
-            raise error.with_traceback(tb)  # pybreaker's re-raise appended its own frames
+            raise error.with_traceback(tb)  # noqa: B904 - the error itself, as raised: pybreaker's re-raise appended its own frames
         self._settle(name, ticket, None)
         return value
 

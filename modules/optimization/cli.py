@@ -10,17 +10,19 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from . import benchmark, client, wire
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
-from .scopes import SCOPE_NAMES, scope as settings_scope
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
+from .manifest import load_manifest, load_manifest_at
 from .protocol import ProtocolError, interpret, parse_event
 from .resources import shipped
-from .manifest import load_manifest, load_manifest_at
+from .scopes import SCOPE_NAMES
+from .scopes import scope as settings_scope
 
 __all__ = ["main"]
 

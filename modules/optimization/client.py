@@ -10,10 +10,9 @@ with the same engine: slower, never wrong.
 The frame format, limits and runtime paths are in wire.py.
 """
 
+import _socket
 import posix
 import sys
-
-import _socket
 
 from .wire import (
     BOOT_BACKOFF_S,
@@ -33,8 +32,8 @@ from .wire import (
 
 MYPY = False
 if MYPY:  # for the type checker only: importing typing would cost every tool call
+    from collections.abc import Callable
     from types import ModuleType
-    from typing import Callable
 
     Reply = tuple[int, bytes, bytes]
 
@@ -186,7 +185,10 @@ def run_original(script: str, argv: "list[str]") -> int:
         code = compile(f.read(), script, "exec")
     main = sys.modules["__main__"]
     main.__dict__.clear()
-    main.__dict__.update(__name__="__main__", __file__=script, __builtins__=builtins, __doc__=None, __spec__=None, __loader__=None, __package__=None, __cached__=None)
+    main.__dict__.update(
+        __name__="__main__", __file__=script, __builtins__=builtins,
+        __doc__=None, __spec__=None, __loader__=None, __package__=None, __cached__=None,
+    )
     sys.argv = [script, *argv]
     exec(code, main.__dict__)
     return 0

@@ -29,7 +29,8 @@ event's hooks are left to Claude Code.
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Sequence
+from collections.abc import Sequence
+from typing import Any, Final
 
 from .protocol import BLOCK_EXIT, DECISION_ORDER, HookResult, Outcome, interpret
 
@@ -121,7 +122,7 @@ def combine_stack(event_name: str, subject: str, results: Sequence[HookResult], 
     # A timed-out hook decides nothing; a silent success adds nothing.
     pairs = [
         (r, interpret(event_name, r), c)
-        for r, c in zip(results, commands)
+        for r, c in zip(results, commands, strict=True)
         if not r.timed_out and (r.exit_code != 0 or r.stdout or r.stderr)
     ]
     if event_name == "PreToolUse":

@@ -31,21 +31,22 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping, Sequence
+from typing import Any, Final
 
 from . import wire
 from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
+from .legacy_runner import LegacyRunner
+from .logfile import log_to
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
-from .legacy_runner import LegacyRunner
-from .logfile import log_to
-from .supervisor import Policy, Supervisor, WorkerContext
 from .protocol import MAX_EVENT_BYTES, HookResult, ProtocolError, http_reply, parse_event
 from .stack import StackHook, combine_selected, load_stacks
+from .supervisor import Policy, Supervisor, WorkerContext
 from .unix_server import FrameProtocol
 
 __all__ = ["Daemon", "main"]
@@ -297,7 +298,7 @@ class Daemon:
         data = await reader.readexactly(sum(lengths))
         sections: dict[str, bytes] = {}
         offset = 0
-        for name, length in zip(wire.SECTIONS, lengths):
+        for name, length in zip(wire.SECTIONS, lengths, strict=True):
             sections[name] = data[offset : offset + length]
             offset += length
         for name in ("project", "cwd", "script"):
@@ -548,7 +549,7 @@ class Daemon:
             ticks += 1
             try:
                 await asyncio.wait_for(self.stop_event.wait(), _TICK_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.reload_if_changed()
             self._ingest_spool()

@@ -835,7 +835,7 @@ def _stdio(fd: int, cfg: "tuple[Any, Any, bool, bool, bool]") -> io.TextIOWrappe
     """Build sys.stdin/stdout/stderr the way the interpreter's create_stdio does."""
     encoding, errors, line_buffering, write_through, buffered = cfg
     write = fd != 0
-    buf = io.open(fd, "wb" if write else "rb", -1 if buffered or not write else 0, closefd=False)
+    buf = io.open(fd, "wb" if write else "rb", -1 if buffered or not write else 0, closefd=False)  # noqa: UP020
     raw: Any = getattr(buf, "raw", buf)
     raw.name = ("<stdin>", "<stdout>", "<stderr>")[fd]
     stream = io.TextIOWrapper(buf, encoding, errors, "\n", line_buffering, write_through)

@@ -338,7 +338,7 @@ class ForkServer:
                 finally:
                     chan.close()
                 # "inflight": how many runs went at once, so the zygote keeps as many spares.
-                took = '{"op": "took", "id": %d, "pid": %d, "inflight": %d' % (rid, pid, self.busy + 1)
+                took = f'{{"op": "took", "id": {rid:d}, "pid": {pid:d}, "inflight": {self.busy + 1:d}'
                 if primed != self._primed:  # the zygote prepares its next spares with the last run's environment
                     took += ', "run": ' + msg
                     self._primed = primed

@@ -16,9 +16,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, BinaryIO, Callable, Final, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, BinaryIO, Final, TypeVar
 
 from .async_db import SPOOL_NAME, spool_event
 from .async_orchestrator import Orchestrator, TaskSpec

@@ -24,13 +24,14 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Final, Literal, Mapping
+from typing import Any, Final, Literal
 
 from . import client, wire
-from .manifest import STUB_TEMPLATE, is_stub, load_manifest_at
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
+from .manifest import STUB_TEMPLATE, is_stub, load_manifest_at
 from .paths import state_dir
 from .protocol import matcher_matches
 from .resources import package_root, shipped

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Final
 
 from .resources import shipped
 

@@ -30,8 +30,9 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable, Final, Generic, Literal, TypeVar
+from typing import IO, Any, Final, Generic, Literal, TypeVar
 
 __all__ = ["GROWTH_CAP", "RETRY_S", "BackpressureError", "Batcher"]
 

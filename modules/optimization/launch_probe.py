@@ -63,7 +63,7 @@ async def probe_launch(command: str, env: Mapping[str, str], cwd: str, *, timeou
             f.write(_SITECUSTOMIZE % {"out": _OUT_VAR})
         before = env.get("PYTHONPATH")
         probe_env = {**env, _OUT_VAR: out, "PYTHONPATH": folder + (":" + before if before else "")}
-        for attempt in range(2):  # the first run may create the environment, and say so
+        for _attempt in range(2):  # the first run may create the environment, and say so
             proc = await asyncio.create_subprocess_exec(
                 SH, "-c", command, env=probe_env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

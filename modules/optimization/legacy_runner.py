@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .forkserver_client import _START_TIMEOUT_S, ForkServer, ForkServerUnavailable
-from .protocol import HookResult
 from .launch_probe import probe_launch
+from .protocol import HookResult
 from .sh_plan import Plan, Planner, SpawnInstead, _imports, _mtime, _python_options, _signature
 from .spawn import SH, spawn
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Literal, Mapping
+from typing import Any, Final, Literal
 
 __all__ = ["TaskResult", "run_parallel"]
 

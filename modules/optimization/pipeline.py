@@ -6,10 +6,10 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Executor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, cast
+from typing import Any, cast
 
 from .hook_pool import WorkerPool
 from .parallel import TaskResult

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable, Mapping
+from typing import Any, Final
 
 __all__ = [
     "BLOCK_EXIT",
@@ -271,7 +272,7 @@ def combine(event_name: str, results: list[HookResult]) -> HookResult:
         out["hookSpecificOutput"] = {"hookEventName": event_name, **specific}
     if not out:
         if errors:
-            first_error = next(r.exit_code for r, o in zip(live, outcomes) if o.error)
+            first_error = next(r.exit_code for r, o in zip(live, outcomes, strict=True) if o.error)
             return HookResult(first_error, b"", errors.encode())
         return HookResult(0)
     return HookResult(0, json.dumps(out, ensure_ascii=False).encode(), errors.encode())

@@ -15,8 +15,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
-from .wire import LEGACY_ENV  # set when spawning, so a stub runs its original instead of calling us
 from .protocol import HookResult
+from .wire import LEGACY_ENV  # set when spawning, so a stub runs its original instead of calling us
 
 __all__ = ["SH", "spawn"]
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Iterator, Mapping, Sequence
+from typing import Any, Final
 
-from .manifest import load_manifest_at
-from .paths import state_dir
 from .consolidation import CONSOLIDATED_EVENTS, combine_stack
+from .manifest import load_manifest_at
 from .protocol import HookResult, matcher_matches, matcher_subject
 from .scopes import PRECEDENCE, Scope, scope
 from .spawn import spawn

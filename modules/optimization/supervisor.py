@@ -24,9 +24,10 @@ import select
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Callable, Final
+from typing import Final
 
 __all__ = ["EXIT_GAVE_UP", "Policy", "Supervisor", "WorkerContext"]
 

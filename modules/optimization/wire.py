@@ -63,7 +63,7 @@ LEGACY_ENV = "HOOKOPT_RUNNING_LEGACY"  # set while a stub's original runs, so it
 def encode_request(op: str, **sections: bytes) -> bytes:
     """Build one request frame from the named byte sections (missing ones are empty)."""
     parts = [sections.get(name, b"") for name in SECTIONS]
-    lengths = b",".join(b'"%s":%d' % (name.encode(), len(part)) for name, part in zip(SECTIONS, parts))
+    lengths = b",".join(b'"%s":%d' % (name.encode(), len(part)) for name, part in zip(SECTIONS, parts, strict=True))
     header = b'{"v":%d,"op":"%s",%s}' % (VERSION, op.encode(), lengths)
     return len(header).to_bytes(4, "big") + header + b"".join(parts)
 

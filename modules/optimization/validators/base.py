@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Literal, Mapping
+from typing import Any, Final, Literal
 
 __all__ = ["PASS", "Policy", "Validator", "Verdict"]
 

@@ -14,8 +14,9 @@ import functools
 import posixpath
 import re
 import shlex
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable, Iterator, Mapping
+from typing import Any, Final
 
 __all__ = [
     "DOWNLOADERS", "WRITE_REDIRECTS", "Cmd", "bash_command", "is_interpreter", "operands", "options", "parse",

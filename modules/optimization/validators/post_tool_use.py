@@ -10,8 +10,9 @@ import json
 import re
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Generic, Literal, Mapping, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from .base import PASS, Validator, Verdict
 

@@ -12,7 +12,8 @@ import fnmatch
 import os
 import posixpath
 import re
-from typing import Any, Final, Iterable, Iterator, Literal, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final, Literal
 
 from ..paths import project_dir
 from .base import PASS, Validator, Verdict

@@ -8,7 +8,8 @@ import os
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Final, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from cachetools import TTLCache
 
