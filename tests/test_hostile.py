@@ -174,8 +174,6 @@ def test_a_hook_script_replaced_by_a_binary_fails_as_python_would_and_the_rest_s
     assert rt.status()["supervisor"]["restarts"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the fork server decodes the script as UTF-8 and reports a UnicodeDecodeError "
-                   "traceback of its own, not Python's SyntaxError (forkserver.py, the warm-path branch's module)")
 def test_a_hook_script_replaced_by_a_binary_reports_pythons_own_error(guarded):
     rt = guarded
     stub, expected = replace_with_binary(rt)

@@ -182,7 +182,11 @@ def run_original(script: str, argv: "list[str]") -> int:
 
     sys.path[:] = [p for p in sys.path if p != __file__.rsplit("/", 3)[0]]  # the stub put our root first
     with open(script + ".original", "rb") as f:
-        code = compile(f.read(), script, "exec")
+        source = f.read()
+    try:
+        code = compile(source, script, "exec")
+    except (SyntaxError, ValueError) as exc:
+        return _syntax_error(script, source, exc)
     main = sys.modules["__main__"]
     main.__dict__.clear()
     main.__dict__.update(
@@ -192,6 +196,18 @@ def run_original(script: str, argv: "list[str]") -> int:
     sys.argv = [script, *argv]
     exec(code, main.__dict__)
     return 0
+
+
+def _syntax_error(script: str, source: bytes, exc: Exception) -> int:
+    """Report a script python cannot compile as the interpreter does: no traceback, exit 1."""
+    import traceback
+
+    if b"\0" in source:  # python reads the file itself and words this one differently
+        at = source.index(b"\0")
+        line = source[source.rfind(b"\n", 0, at) + 1 : at].decode("utf-8", "replace")
+        exc = SyntaxError("source code cannot contain null bytes", (script, source.count(b"\n", 0, at) + 1, None, line))
+    traceback.print_exception(type(exc), exc, None)
+    return 1
 
 
 def run_stub(script: str, interpreter: str) -> int:

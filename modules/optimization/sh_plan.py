@@ -177,6 +177,10 @@ class Planner:
             code_path, reason = code_path + ".original", "stub of a python script"
             if not os.path.isfile(_consult(code_path)):
                 raise SpawnInstead(f"stub {script} has no .original")
+        with open(code_path, "rb") as f:
+            if b"\0" in f.read():
+                # Python refuses such a file with its own SyntaxError: let python say it.
+                raise SpawnInstead(f"{script} holds a NUL byte (not Python source)")
         folder = os.path.dirname(os.path.realpath(path))
         _consult(folder)  # a module added next to the script re-plans (its name may shadow a preload)
         return Plan(True, reason, interpreter, script, code_path, tuple(argv), launcher, flags, local=frozenset(_local_modules(folder)))
