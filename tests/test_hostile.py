@@ -199,4 +199,5 @@ def test_a_renamed_project_directory_stops_its_daemon_and_guards_still_decide(rt
     # The daemon the clients tried to start refused to boot: nothing recreated the old path.
     wait_for(lambda: rt.path(".failed").exists(), what="the refused boot to be recorded")
     assert "does not exist" in rt.path(".failed").read_text()
-    assert not old.exists() and not rt.daemons()
+    wait_for(lambda: not rt.daemons(), what="the refused daemon to exit (it records why first)")
+    assert not old.exists()
