@@ -39,11 +39,13 @@ DECISIONS = Case(
     },
     [bash(t) for t in ("deny", "exit2", "block", "exit2", "exit1", "sync", "none")],
 )
+# The async hook's output comes at a turn after it finished: a synchronous W, sleeping on
+# the calls after it, gives it that time on a loaded machine.
 CONTEXT = Case(
     "async-context",
-    {"PostToolUse": [{"matcher": "Bash", "hooks": [py("Z", **{"async": True})]}]},
-    {"PostToolUse:ctx": {"Z": {"out": ctx("PostToolUse", "async post ctx")}}},
-    [bash("ctx"), bash("none"), bash("none")],
+    {"PostToolUse": [{"matcher": "Bash", "hooks": [py("Z", **{"async": True}), py("W")]}]},
+    {"PostToolUse:ctx": {"Z": {"out": ctx("PostToolUse", "async post ctx")}}, "PostToolUse:wait": {"W": {"sleep": 1}}},
+    [bash("ctx"), bash("wait"), bash("wait"), bash("wait")],
 )
 
 
