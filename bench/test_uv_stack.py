@@ -22,7 +22,8 @@ import pytest
 from bench.conftest import DANGEROUS_COMMAND, bash_event, client_env, report, sized
 from modules.optimization import client
 from modules.optimization.installer import install
-from modules.optimization.protocol import HookResult, combine
+from modules.optimization.consolidation import combine_stack
+from modules.optimization.protocol import HookResult
 from modules.optimization.spawn import spawn
 
 UV = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
@@ -82,7 +83,8 @@ def test_uv_stack_consolidated_vs_native(benchmark, daemon):
 
         start = time.perf_counter()
         results = asyncio.run(all_hooks())
-        return time.perf_counter() - start, combine("PreToolUse", list(results))
+        # Rendered as Claude Code renders several hooks (consolidation.py), not as the built-in validators combine.
+        return time.perf_counter() - start, combine_stack("PreToolUse", "Bash", list(results), list(commands))
 
     def measure():
         with client_env(daemon):
