@@ -23,7 +23,8 @@ import time
 from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized
 from modules.optimization import client
 from modules.optimization.installer import install
-from modules.optimization.protocol import HookResult, combine
+from modules.optimization.consolidation import combine_stack
+from modules.optimization.protocol import HookResult
 from tests.daemon_helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "project"
@@ -42,7 +43,8 @@ codes = {}
 def run(path, data):
     code = codes.get(path)
     if code is None:
-        with open(path + ".original", "rb") as f:  # installed: the script is our stub now
+        original = path + ".original"  # a stubs install renames it; a consolidated one leaves it in place
+        with open(original if os.path.exists(original) else path, "rb") as f:
             code = codes[path] = compile(f.read(), path, "exec")
     fds = [os.pipe() for _ in range(3)]
     pid = os.fork()
@@ -131,7 +133,12 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
         line = naive.stdout.readline()
         elapsed = time.perf_counter() - start
         results = [HookResult(code, out.encode(), err.encode()) for code, out, err in json.loads(line)]
-        return elapsed, combine(event_name.partition("/")[0], results) if results else HookResult(0)
+        if not results:
+            return elapsed, HookResult(0)
+        # Rendered as Claude Code renders several hooks (consolidation.py), naming each hook's command.
+        commands = [f'python3 "$CLAUDE_PROJECT_DIR"/.claude/hooks/{os.path.basename(p)}' for p in scripts]
+        subject = json.loads(raw).get("tool_name", "")
+        return elapsed, combine_stack(event_name.partition("/")[0], subject, results, commands)
 
     def measure():
         with client_env(daemon):
