@@ -86,7 +86,12 @@ def test_other_events_are_refused():
         ("PreToolUse", {"type": "command", "command": "x"}, None),
         ("PreToolUse", {"type": "command", "command": "x", "timeout": 5}, None),
         ("PreToolUse", {"type": "command", "command": "x", "if": "Bash(rm *)"}, "it sets if"),
-        ("PreToolUse", {"type": "command", "command": "x", "async": True}, "it sets async"),
+        ("PreToolUse", {"type": "command", "command": "x", "async": True}, (
+            "it sets async: Claude Code shows an async hook's additionalContext and systemMessage to the model "
+            "on a later turn, which hookopt cannot; mark it with --observers to run it warm without that output"
+        )),
+        ("PostToolUse", {"type": "command", "command": "x", "async": "yes"}, "its async 'yes' is not a boolean"),
+        ("PostToolUse", {"type": "command", "command": "x", "async": False}, None),
         ("PostToolUse", {"type": "command", "command": "x", "asyncRewake": True}, "it sets asyncRewake"),
         ("PreToolUse", {"type": "command", "command": "python3", "args": ["a.py"]}, "it sets args"),
         ("PreToolUse", {"type": "command", "command": "x", "shell": "bash", "once": True}, "it sets once, shell"),

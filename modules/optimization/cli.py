@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .manifest import load_manifest, load_manifest_at
+from .observers import load_ledger, lost_output_lines
+from .paths import state_dir
 from .protocol import ProtocolError, interpret, parse_event
 from .resources import shipped
 from .scopes import SCOPE_NAMES
@@ -161,11 +163,20 @@ def _daemon_status(project: Path) -> dict[str, Any] | None:
     return json.loads(reply[1]) if reply and reply[0] == 0 else None
 
 
-def cmd_install(project: Path, profile: str | None, transport: str, consolidate: bool, scope: str = "project") -> int:
+def _observer_findings(project: Path, installs: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """Observers whose output or exit code never reached Claude (the project's daemon runs every scope's, and keeps one ledger)."""
+    if not any(installs.values()):
+        return []
+    return lost_output_lines(load_ledger(state_dir(project, create=False)))
+
+
+def cmd_install(
+    project: Path, profile: str | None, transport: str, consolidate: bool, scope: str = "project", observers: Sequence[str] = ()
+) -> int:
     """Install hookopt over the existing hooks of one settings scope."""
     install(
         project, profile=profile, transport="http" if transport == "http" else "command", consolidate_hooks=consolidate,
-        scope_name=scope,
+        scope_name=scope, observers=observers,
     )
     return EXIT_OK
 
@@ -220,6 +231,9 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str |
             )
         else:
             print(f"installed ({name}, {where}): no (hookopt install --scope {name} adds it over its hooks)")
+    lost = _observer_findings(project, installs)
+    for line in lost:
+        print(f"warning: {line}")
     if status is None:
         if not _enabled_in_settings(project):
             print('daemon: not running: optimization is off ("enabled": false); the hooks run without it')
@@ -238,6 +252,11 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str |
     breakers = status["breakers"]
     opened = {k: v for k, v in breakers.items() if v != "closed"}
     print("breakers: " + (", ".join(f"{k} {v}" for k, v in opened.items()) if opened else f"all {len(breakers)} closed"))
+    if (hooks := status.get("observer_hooks")) and (hooks["ran"] or hooks["pending"] or hooks["replayed"]):
+        print(
+            f"observer hooks: {hooks['ran']} run after their answer, {hooks['pending']} pending, "
+            f"{hooks['replayed']} replayed at start, {hooks['lost_output']} with output Claude did not see"
+        )
     latency = status["monitor"].get("latency_ms", {})
     if latency:
         print("latency (ms)            p50      p95")
@@ -341,6 +360,7 @@ def cmd_doctor(project: Path) -> int:
                         "which costs tens of milliseconds per call; `hookopt install` writes an absolute interpreter"
                     )
     findings += matchers_matching_nothing({"hooks": hooks_source}, KNOWN_TOOLS)
+    findings += _observer_findings(project, _installs(project, SCOPE_NAMES))
     status = _daemon_status(project)
     if status is not None:
         for key, values in status["monitor"].get("latency_ms", {}).items():
@@ -453,6 +473,14 @@ def _parser() -> argparse.ArgumentParser:
         "Code would show for them. Hooks it cannot reproduce exactly (if, async, args, other events...) are "
         "left to Claude Code, and listed",
     )
+    inst.add_argument(
+        "--observers", action="append", default=[], metavar="GLOB",
+        help="mark the hooks whose command, script path or script name matches GLOB (repeatable; also "
+        '"optimization": {"observers": [...]} in the settings) as observers: their event is answered once it is '
+        "journaled and they run after, in order, never lost, their output no longer reaching Claude (status and "
+        "doctor report any). PostToolUse, PostToolUseFailure and async hooks only: a synchronous PreToolUse hook "
+        "decides, and marking one is refused. Implies --consolidate",
+    )
     uninst = sub.add_parser(
         "uninstall",
         help="put every original hook and settings.json back, byte for byte",
@@ -516,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CommandError("--rounds must be at least 1")
             return cmd_bench(args.project, args.events, args.rounds, args.chart)
         if args.command == "install":
-            return cmd_install(args.project, args.profile, args.transport, args.consolidate, args.scope)
+            return cmd_install(args.project, args.profile, args.transport, args.consolidate, args.scope, args.observers)
         if args.command == "uninstall":
             return cmd_uninstall(args.project, args.force, args.scope)
         if args.command == "status":

@@ -41,6 +41,7 @@ from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
 from .legacy_runner import LegacyRunner
 from .logfile import log_to
+from .observers import ObserverHook, ObserverRuns
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
@@ -61,6 +62,7 @@ MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
 _RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
+_OBSERVER_DRAIN_S: Final = 10.0  # a stop waits this long for queued observer hooks; the rest run at the next start
 _PRUNE_EVERY: Final = 30  # ticks between pruning passes over observer.db (the journal's size is checked every tick)
 _SECTION_LIMITS: Final = {"body": MAX_EVENT_BYTES + 1, "env": 1 << 20, "argv": 1 << 20, "project": 4096, "cwd": 4096, "script": 4096}
 
@@ -209,6 +211,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.endpoint = http_endpoint(project)
         self.runner = LegacyRunner()
+        # Hooks marked as observers: journaled before the answer, run after it (observers.py).
+        self.observer_runs = ObserverRuns(self.state, self._run_observers)
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self._watched = self._stamps()
@@ -362,6 +366,9 @@ class Daemon:
 
         return list(await asyncio.gather(*(one(h) for h in hooks)))
 
+    async def _run_observers(self, hooks: Sequence[ObserverHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
+        return await self.run_legacy([StackHook(h.command, h.timeout_s, observer=True) for h in hooks], raw, env, cwd)
+
     async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str, scope: str = "project") -> HookResult:
         """Answer one event with a scope's installed stack; observers journaled first."""
         self.last_activity = self.clock()
@@ -384,6 +391,14 @@ class Daemon:
                 note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
         start = time.perf_counter()
         hooks = self.stacks.select(scope, event)
+        if observers := [ObserverHook(h.command, h.timeout_s) for h in hooks if h.observer]:
+            try:
+                self.observer_runs.submit(event["hook_event_name"], observers, raw, env, cwd)
+            except (OSError, ValueError) as exc:
+                # Not journaled: run them now, as part of the answer, rather than lose them.
+                log.error("observer hooks of a %s event not journaled, run inline: %s", event["hook_event_name"], exc)
+            else:
+                hooks = [h for h in hooks if not h.observer]
         result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
@@ -451,6 +466,7 @@ class Daemon:
             "cache": self.engine.cache.stats(),
             "breakers": self.engine.breakers.states(),
             "observers": self.observers.stats(),
+            "observer_hooks": self.observer_runs.stats(),
             "legacy": self.runner.stats(),
             "installed": bool(self.stacks.installed()),
             "scopes": [s.scope.name for s in self.stacks.installed()],
@@ -538,7 +554,7 @@ class Daemon:
             except PermissionError:
                 pass
         quiet = self.clock() - self.last_activity
-        return not self.sessions and quiet >= self.settings.profile.idle_timeout_s
+        return not self.sessions and not self.observer_runs.busy and quiet >= self.settings.profile.idle_timeout_s
 
     def _write_timeout(self) -> None:
         _write_private(Path(wire.runtime_path(str(self.project), ".timeout")), str(self.settings.profile.client_timeout_ms))
@@ -616,6 +632,7 @@ class Daemon:
         self._write_timeout()
         _write_private(Path(wire.runtime_path(str(self.project), ".pid")), str(os.getpid()))
         log.info("serving %s (pid %d, http %s, metrics %s)", self.project, os.getpid(), self.endpoint["port"], metrics_port)
+        self.observer_runs.start()  # first what an earlier worker journaled and did not run
         self.heartbeat()  # the first beat: booted and listening
         try:
             await self._tick()
@@ -632,6 +649,9 @@ class Daemon:
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics.server_close()
+        if not await self.observer_runs.drain(_OBSERVER_DRAIN_S):
+            log.warning("stopping with %d observer entries not run; the next start runs them", self.observer_runs.stats()["pending"])
+        await self.observer_runs.close()
         await self.runner.close()
         try:
             self.observers.close()

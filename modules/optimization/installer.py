@@ -24,7 +24,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -32,11 +32,12 @@ from typing import Any, Final, Literal
 from . import client, wire
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .manifest import STUB_TEMPLATE, is_stub, load_manifest_at
+from .observers import marks, refusal, validate_globs
 from .paths import state_dir
 from .protocol import matcher_matches
 from .resources import package_root, shipped
 from .scopes import SCOPE_NAMES, Scope, ScopeName, scope
-from .stack import DEFAULT_TIMEOUT_S, consolidated, left_reason, load_stacks
+from .stack import DEFAULT_TIMEOUT_S, consolidated, is_observer, left_reason, load_stacks
 
 __all__ = ["SCOPE_NAMES", "InstallError", "install", "uninstall"]
 
@@ -257,7 +258,8 @@ def _client_hook(
 
 
 def consolidate(
-    hooks: Mapping[str, Any], transport: Transport, python: str, endpoint: Mapping[str, Any], scope_name: ScopeName = "project"
+    hooks: Mapping[str, Any], transport: Transport, python: str, endpoint: Mapping[str, Any], scope_name: ScopeName = "project",
+    observers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The hooks block with every hook we reproduce exactly behind one client per event.
 
@@ -268,8 +270,8 @@ def consolidate(
     for event in events:
         kept, matchers, timeouts, has_matcher = [], [], [], False
         for group in hooks.get(event) or []:
-            moved = [h for h in group.get("hooks", []) if consolidated(event, h)]
-            rest = [h for h in group.get("hooks", []) if not consolidated(event, h)]
+            moved = [h for h in group.get("hooks", []) if consolidated(event, h, observers)]
+            rest = [h for h in group.get("hooks", []) if not consolidated(event, h, observers)]
             if moved:
                 matchers.append(group.get("matcher"))
                 has_matcher = has_matcher or "matcher" in group
@@ -288,16 +290,49 @@ def consolidate(
     return new
 
 
-def left_hooks(hooks: Mapping[str, Any]) -> list[str]:
+def left_hooks(hooks: Mapping[str, Any], observers: Sequence[str] = ()) -> list[str]:
     """A line for each hook a consolidated install leaves to Claude Code, and why."""
     lines = []
     for event, groups in hooks.items():
         for group in groups if isinstance(groups, list) else []:
             for hook in group.get("hooks", []) if isinstance(group, dict) else []:
-                if isinstance(hook, dict) and (why := left_reason(event, hook)):
+                if isinstance(hook, dict) and (why := left_reason(event, hook, observers)):
                     label = hook.get("command") or hook.get("url") or hook.get("prompt") or hook.get("type")
                     lines.append(f"{event} {str(label)[:80]!r}: {why}")
     return lines
+
+
+def observer_globs(settings: Mapping[str, Any], given: Sequence[str], where: Path) -> list[str]:
+    """The observer globs: the command line's, then the settings' ``optimization.observers``."""
+    block = settings.get("optimization")
+    from_settings = block.get("observers", []) if isinstance(block, dict) else []
+    try:
+        return list(dict.fromkeys([*validate_globs(list(given), "--observers"), *validate_globs(from_settings, f"{where}: optimization")]))
+    except ValueError as exc:
+        raise InstallError(f"{exc}; nothing changed") from None
+
+
+def check_observers(hooks: Mapping[str, Any], globs: Sequence[str]) -> list[str]:
+    """The hooks the globs make observers, as lines; InstallError for a glob that marks a guard or nothing."""
+    if not globs:
+        return []
+    marked: list[str] = []
+    used: set[str] = set()
+    for event, _, hook in _command_hooks({"hooks": hooks}):
+        hit = [g for g in globs if marks(hook["command"], [g])]
+        if not hit:
+            continue
+        used.update(hit)
+        if why := refusal(event, hook):
+            raise InstallError(
+                f"--observers {hit[0]!r} marks the {event} hook {hook['command']!r}, but {why}. "
+                "Observers are for hooks whose output only informs (loggers, metrics); nothing changed"
+            )
+        if is_observer(event, hook, globs) and consolidated(event, hook, globs):
+            marked.append(f"{event} {hook['command'][:80]!r}")
+    if unused := [g for g in globs if g not in used]:
+        raise InstallError(f"--observers {unused[0]!r} marks no command hook of this scope; nothing changed")
+    return marked
 
 
 def _rewrite_commands(settings: dict[str, Any], plan: Plan) -> None:
@@ -336,6 +371,7 @@ def install(
     profile: str | None = None,
     transport: Transport = "command",
     consolidate_hooks: bool = False,
+    observers: Sequence[str] = (),
     scope_name: str = "project",
     home: Path | None = None,
     python: str = sys.executable,
@@ -360,9 +396,14 @@ def install(
     if transport == "http" and not consolidate_hooks:
         say("note: --transport http runs each event's hooks behind one http hook, so it implies --consolidate")
         consolidate_hooks = True
+    globs = observer_globs(_read_settings(where)[2], observers, where.settings_path)
+    if globs and not consolidate_hooks:
+        say("note: observers run behind the consolidated client, so --observers implies --consolidate")
+        consolidate_hooks = True
     existing = _load_manifest(where)
     if existing is not None:
         same = existing.get("transport") == transport and existing.get("consolidate") == consolidate_hooks
+        same = same and (existing.get("observers") or []) == globs
         if same and (profile is None or existing.get("profile") == profile):
             say(f"hookopt is already installed in {where.label}; nothing changed")
             return False
@@ -372,6 +413,7 @@ def install(
             " (or `hookopt profile NAME` to change only the profile)"
         )
     plan = _plan(where, project, python, stubs=not consolidate_hooks)
+    marked = check_observers(plan.settings.get("hooks") or {}, globs)
 
     def build_settings() -> bytes:
         settings = json.loads(json.dumps(plan.settings))
@@ -379,7 +421,7 @@ def install(
             settings["optimization"] = {**(settings.get("optimization") or {}), "profile": profile}
         if consolidate_hooks:
             endpoint = _start_daemon_for_http(project) if transport == "http" else {}
-            settings["hooks"] = consolidate(plan.settings.get("hooks") or {}, transport, python, endpoint, where.name)
+            settings["hooks"] = consolidate(plan.settings.get("hooks") or {}, transport, python, endpoint, where.name, globs)
         else:
             _rewrite_commands(settings, plan)
         return (json.dumps(settings, indent=2) + "\n").encode()
@@ -389,10 +431,12 @@ def install(
             load_settings(project, {}, project_settings={"optimization": {"profile": profile}} if profile else {})
         except ConfigError as exc:
             raise InstallError(str(exc)) from None
-    _apply(plan, build_settings, {"transport": transport, "consolidate": consolidate_hooks, "profile": profile})
+    _apply(plan, build_settings, {"transport": transport, "consolidate": consolidate_hooks, "profile": profile, "observers": globs})
     if consolidate_hooks:
-        for line in left_hooks(plan.settings.get("hooks") or {}):
+        for line in left_hooks(plan.settings.get("hooks") or {}, globs):
             say(f"left to Claude Code: {line}")
+        for line in marked:
+            say(f"observer (runs after the answer; its output no longer reaches Claude): {line}")
     how = "one client per event, scripts untouched" if consolidate_hooks else f"{len(plan.scripts)} script(s) kept as .original behind stubs"
     say(
         f"hookopt installed in {where.label}: {how}, transport {transport}; "

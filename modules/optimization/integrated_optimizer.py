@@ -232,6 +232,10 @@ def load_settings(
     debug = _bool(f"{where}: debug", block.pop("debug", False))
     if "retention" in block:
         retention = Retention.from_mapping(block.pop("retention"), f"{where}: retention", retention)
+    # Observer globs are read by `hookopt install` (observers.py); checked here so a typo is reported.
+    observers = block.pop("observers", [])
+    if not isinstance(observers, list) or not all(isinstance(g, str) and g.strip() for g in observers):
+        raise ConfigError(f"{where}: observers must be a list of non-empty glob strings")
     files = block.pop("validators", [])
     if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
         raise ConfigError(f"{where}: validators must be a list of file paths")

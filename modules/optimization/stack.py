@@ -25,13 +25,14 @@ from typing import Any, Final
 
 from .consolidation import CONSOLIDATED_EVENTS, combine_stack
 from .manifest import load_manifest_at
+from .observers import marks, refusal
 from .protocol import HookResult, matcher_matches, matcher_subject
 from .scopes import PRECEDENCE, Scope, scope
 from .spawn import spawn
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "ScopeStack", "StackHook", "Stacks", "combine_selected", "consolidated",
-    "left_reason", "load_stacks", "run_selected", "run_spawned", "select",
+    "is_observer", "left_reason", "load_stacks", "run_selected", "run_spawned", "select",
 ]
 
 DEFAULT_TIMEOUT_S: Final = 600.0  # Claude Code's default for command hooks
@@ -43,16 +44,21 @@ class StackHook:
 
     command: str
     timeout_s: float = DEFAULT_TIMEOUT_S
+    observer: bool = False  # run after the answer, its output not shown (see observers.py)
 
 
-# The hook fields a consolidated run reproduces exactly; any other field (if, async,
-# asyncRewake, args, shell, once, statusMessage, one we do not know) leaves the hook to
-# Claude Code, which alone knows what it means.
-_REPRODUCED_FIELDS: Final = frozenset({"type", "command", "timeout"})
+# The hook fields a consolidated run reproduces exactly; any other field (if, asyncRewake,
+# args, shell, once, statusMessage, one we do not know) leaves the hook to Claude Code,
+# which alone knows what it means. async: true only for a hook the user marked as an
+# observer (see observers.py: Claude Code shows an async hook's context to the model later).
+_REPRODUCED_FIELDS: Final = frozenset({"type", "command", "timeout", "async"})
 
 
-def left_reason(event_name: str, hook: Mapping[str, Any]) -> str | None:
-    """Why Claude Code keeps running this hook itself, or None when it is consolidated."""
+def left_reason(event_name: str, hook: Mapping[str, Any], observers: Sequence[str] = ()) -> str | None:
+    """Why Claude Code keeps running this hook itself, or None when it is consolidated.
+
+    observers are the install's observer globs (a marked async hook is consolidated).
+    """
     if event_name not in CONSOLIDATED_EVENTS:
         return f"{event_name} hooks are not consolidated"
     if hook.get("type") != "command" or not isinstance(hook.get("command"), str):
@@ -62,15 +68,27 @@ def left_reason(event_name: str, hook: Mapping[str, Any]) -> str | None:
     timeout = hook.get("timeout", DEFAULT_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         return f"its timeout {timeout!r} is not a positive number"
+    if "async" in hook and not isinstance(hook["async"], bool):
+        return f"its async {hook['async']!r} is not a boolean"
+    if hook.get("async") is True and not marks(hook["command"], observers):
+        return (
+            "it sets async: Claude Code shows an async hook's additionalContext and systemMessage to the model "
+            "on a later turn, which hookopt cannot; mark it with --observers to run it warm without that output"
+        )
     return None
 
 
-def consolidated(event_name: str, hook: Mapping[str, Any]) -> bool:
+def consolidated(event_name: str, hook: Mapping[str, Any], observers: Sequence[str] = ()) -> bool:
     """Whether a hook runs through the consolidated client."""
-    return left_reason(event_name, hook) is None
+    return left_reason(event_name, hook, observers) is None
 
 
-def select(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> list[StackHook]:
+def is_observer(event_name: str, hook: Mapping[str, Any], observers: Sequence[str]) -> bool:
+    """Whether a consolidated hook runs after the answer: marked, and allowed to be (see observers.refusal)."""
+    return marks(hook["command"], observers) and refusal(event_name, hook) is None
+
+
+def select(hooks: Mapping[str, Any], event: Mapping[str, Any], observers: Sequence[str] = ()) -> list[StackHook]:
     """The command hooks Claude Code would run for this event, deduplicated by command."""
     subject = matcher_subject(event)
     name = str(event.get("hook_event_name"))
@@ -79,12 +97,13 @@ def select(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> list[StackHook
         if not isinstance(group, dict) or not matcher_matches(group.get("matcher"), subject):
             continue
         for hook in group.get("hooks", []) or []:
-            if isinstance(hook, dict) and consolidated(name, hook):
-                chosen.setdefault(hook["command"], StackHook(hook["command"], float(hook.get("timeout", DEFAULT_TIMEOUT_S))))
+            if isinstance(hook, dict) and consolidated(name, hook, observers):
+                timeout = float(hook.get("timeout", DEFAULT_TIMEOUT_S))
+                chosen.setdefault(hook["command"], StackHook(hook["command"], timeout, is_observer(name, hook, observers)))
     return list(chosen.values())
 
 
-def _matched_commands(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> Iterator[tuple[str, bool]]:
+def _matched_commands(hooks: Mapping[str, Any], event: Mapping[str, Any], observers: Sequence[str] = ()) -> Iterator[tuple[str, bool]]:
     """(command, consolidated) for every command hook whose group matches the event."""
     subject = matcher_subject(event)
     name = str(event.get("hook_event_name"))
@@ -93,7 +112,7 @@ def _matched_commands(hooks: Mapping[str, Any], event: Mapping[str, Any]) -> Ite
             continue
         for hook in group.get("hooks", []) or []:
             if isinstance(hook, dict) and hook.get("type") == "command" and isinstance(hook.get("command"), str):
-                yield hook["command"], consolidated(name, hook)
+                yield hook["command"], consolidated(name, hook, observers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,11 @@ class ScopeStack:
     scope: Scope
     hooks: Mapping[str, Any]  # the original hooks: from the manifest when installed, else the settings file
     manifest: Mapping[str, Any] | None = None
+
+    @property
+    def observers(self) -> list[str]:
+        """The install's observer globs."""
+        return list((self.manifest or {}).get("observers") or [])
 
     @property
     def consolidated(self) -> bool:
@@ -133,11 +157,11 @@ class Stacks:
             if other is own:
                 continue
             higher = PRECEDENCE.index(other.scope.name) < rank
-            for command, moved in _matched_commands(other.hooks, event):
+            for command, moved in _matched_commands(other.hooks, event, other.observers):
                 # Claude Code runs it itself, or a client Claude Code ranks higher does.
                 if not (other.consolidated and moved) or higher:
                     taken.add(command)
-        return [h for h in select(own.hooks, event) if h.command not in taken]
+        return [h for h in select(own.hooks, event, own.observers) if h.command not in taken]
 
     def legacy_command(self, path: str) -> str | None:
         """The interpreter an installed stub's original runs with, for the stub's real path."""
@@ -178,10 +202,11 @@ def load_stacks(project: Path, home: Path | None = None) -> Stacks:
 
 
 def combine_selected(event: Mapping[str, Any], hooks: Sequence[StackHook], results: Sequence[HookResult]) -> HookResult:
-    """The one output Claude Code renders as it would render these hooks' results."""
-    if not hooks:
+    """The one output Claude Code renders as it would render these hooks' results (observers' left out)."""
+    shown = [(h, r) for h, r in zip(hooks, results, strict=True) if not h.observer]
+    if not shown:
         return HookResult(0)
-    return combine_stack(str(event["hook_event_name"]), matcher_subject(event) or "", results, [h.command for h in hooks])
+    return combine_stack(str(event["hook_event_name"]), matcher_subject(event) or "", [r for _, r in shown], [h.command for h, _ in shown])
 
 
 def run_spawned(hooks: Mapping[str, Any], event: Mapping[str, Any], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
@@ -190,7 +215,10 @@ def run_spawned(hooks: Mapping[str, Any], event: Mapping[str, Any], raw: bytes, 
 
 
 def run_selected(selected: Sequence[StackHook], event: Mapping[str, Any], raw: bytes, env: Mapping[str, str], cwd: str) -> HookResult:
-    """Run these hooks of the event the slow way, each spawned in parallel, and combine them."""
+    """Run these hooks of the event the slow way, each spawned in parallel, and combine them.
+
+    Observers run too (nothing is lost when no daemon answers), before the answer; their output is left out as the daemon leaves it out.
+    """
     if not selected:
         return HookResult(0)
 
