@@ -37,7 +37,9 @@ from hypothesis import strategies as st
 
 from modules.optimization import wire
 from modules.optimization.async_db import Journal, ObserverLog, spool_event
-from modules.optimization.daemon import Daemon, _reply, _reply_error, ensure_runtime_dir
+from modules.optimization.daemon import Daemon, ensure_runtime_dir
+from modules.optimization.dispatch import reply as _reply
+from modules.optimization.dispatch import reply_error as _reply_error
 from modules.optimization.hook_integration import Engine
 from modules.optimization.installer import install
 from modules.optimization.integrated_optimizer import load_settings

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATE_DIRNAME", "project_dir", "state_dir"]
+__all__ = ["STATE_DIRNAME", "project_dir", "state_dir", "write_private"]
 
 STATE_DIRNAME = "hookopt"
 
@@ -31,3 +31,12 @@ def state_dir(project: Path, *, create: bool = True) -> Path:
         if not ignore.exists():
             ignore.write_text("*\n", encoding="utf-8")
     return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace path atomically with text, readable by its owner only (0600)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
