@@ -93,6 +93,7 @@ class Dispatcher:
         )
         self.observers.ingest_spool()
         self.post = self._post_pipeline()
+        self._record_stage = Pipeline([Stage("record", self._record, timeout_s=_RECORD_TIMEOUT_S)])
         self.sessions: set[int] = set()  # Claude Code pids seen; the daemon stays while one lives
         self.events = 0
         self.stop_event = asyncio.Event()
@@ -113,44 +114,51 @@ class Dispatcher:
         return {"result": await self.engine.evaluate_async(ctx["event"])}
 
     def _post_pipeline(self) -> Pipeline:
-        """Observers: journal (on a pool thread, so a stalled disk costs its timeout, not the loop), then analyze."""
-        return Pipeline(
-            [
-                Stage("record", self._record, timeout_s=_RECORD_TIMEOUT_S),
-                Stage("analyze", self._analyze, timeout_s=self.settings.profile.deadline_ms / 1000),
-            ]
-        )
+        """Built-in analysis of an observer event, after it is journaled (the profile sets its timeout)."""
+        return Pipeline([Stage("analyze", self._analyze, timeout_s=self.settings.profile.deadline_ms / 1000)])
 
-    async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
-        """Evaluate one raw event: guards run at once; observers are journaled first."""
+    def _admit(self, env: Mapping[str, str]) -> None:
+        """Every op's admission: restart the idle clock, count the request, remember its Claude Code session."""
         self.last_activity = self.clock()
         self.events += 1
-        self._track_session(env or {})
+        self._track_session(env)
+
+    async def _journal(self, event: Mapping[str, Any]) -> bytes:
+        """The one journaling path: an event that is not a guarded one is journaled before it is
+        answered, so an observer event is never lost. On a pool thread (the engine's of now: a
+        reload replaces it), so a stalled disk costs its timeout, not the loop. Returns the note
+        for the hook's stderr when the event could not be journaled."""
+        if event["hook_event_name"] in GUARDED_EVENTS:
+            return b""
+        outcome = await self._record_stage.run_async({"event": event}, executor=self.engine.pool)
+        (stage,) = outcome.results
+        if stage.ok:
+            return b""
+        log.error("%s event not journaled: %s %s", event["hook_event_name"], stage.status, stage.error)
+        self.monitor.fallback(f"record_{stage.status}")
+        if stage.status != "error":
+            return b""  # still being written: slow, not lost
+        # Not journaled (state directory full or read-only): tell the user, never drop it silently.
+        return not_recorded(event, f"cannot journal it in {self.state}: {stage.error}")
+
+    async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
+        """Evaluate one raw event with hookopt's validators: guards at once; observers journaled first."""
+        self._admit(env or {})
         try:
             event = parse_event(raw)
         except ProtocolError as exc:
             return HookResult(*bad_input(raw, exc))
         if event["hook_event_name"] in GUARDED_EVENTS:
             return await self.engine.evaluate_async(event)
-        # The engine's pool now, not the one at construction: a reload replaces the engine.
+        note = await self._journal(event)
         outcome = await self.post.run_async({"event": event}, executor=self.engine.pool)
-        record, analyze = outcome.results
-        for stage in (record, analyze):
-            if not stage.ok:
-                log.error("%s stage %s: %s %s", event["hook_event_name"], stage.name, stage.status, stage.error)
-                self.monitor.fallback(f"{stage.name}_{stage.status}")
+        (analyze,) = outcome.results
+        if not analyze.ok:
+            log.error("%s stage %s: %s %s", event["hook_event_name"], analyze.name, analyze.status, analyze.error)
+            self.monitor.fallback(f"{analyze.name}_{analyze.status}")
         result = outcome.context.get("result")
         result = result if isinstance(result, HookResult) else HookResult(0)
-        if record.status == "error":
-            # Not journaled (state directory full or read-only): tell the user, never drop it silently.
-            note = not_recorded(event, f"cannot journal it in {self.state}: {record.error}")
-            result = dataclasses.replace(result, stderr=result.stderr + note)
-        return result
-
-    def _active(self, env: Mapping[str, str]) -> None:
-        """An event arrived: restart the idle clock and remember its Claude Code session."""
-        self.last_activity = self.clock()
-        self._track_session(env)
+        return dataclasses.replace(result, stderr=result.stderr + note) if note else result
 
     def _track_session(self, env: Mapping[str, str]) -> None:
         if (pid := env.get("CLAUDE_PID", "")).isdigit():
@@ -206,7 +214,10 @@ class Dispatcher:
             scope = sections["argv"].decode("utf-8", "replace") or "project"
             return reply(await self.dispatch_stack(sections["body"], env, cwd, scope))
         if op == "legacy":
-            self._active(env)  # a stub's call is activity too: a stubs-only daemon must not idle out under traffic
+            # A stub's call is activity too (a stubs-only daemon must not idle out under traffic).
+            # Not journaled here: a stub is one hook of its event; the observers see the event
+            # through hookopt's own clients, or a consolidated stack, exactly once.
+            self._admit(env)
             script = sections["script"].decode("utf-8", "surrogateescape")
             argv = [os.fsdecode(a) for a in sections["argv"].split(b"\0")] if sections["argv"] else []
             command = self.legacy_command(script, argv, cwd)
@@ -243,9 +254,7 @@ class Dispatcher:
 
     async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str, scope: str = "project") -> HookResult:
         """Answer one event with a scope's installed stack; observers journaled first."""
-        self.last_activity = self.clock()
-        self.events += 1
-        self._track_session(env)
+        self._admit(env)
         try:
             event = parse_event(raw)
         except ProtocolError as exc:
@@ -254,13 +263,7 @@ class Dispatcher:
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
-        note = b""
-        if event["hook_event_name"] not in GUARDED_EVENTS:
-            try:
-                self.observers.record(event)  # journaled before the answer: an observer event is never lost
-            except OSError as exc:
-                log.error("%s event not recorded: %s", event["hook_event_name"], exc)
-                note = not_recorded(event, f"cannot journal it in {self.state}: {exc}")
+        note = await self._journal(event)
         start = time.perf_counter()
         hooks = self.stacks.select(scope, event)
         if observers := [ObserverHook(h.command, h.timeout_s) for h in hooks if h.observer]:
