@@ -3,6 +3,7 @@ thin clients' fast path on the standard library alone."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,21 @@ def test_the_thin_client_loads_only_the_wire_module_until_it_falls_back():
         "modules.optimization.wire",
         "modules.optimization.fallback",
     }
+
+
+def test_the_readme_module_table_names_every_module_and_nothing_else():
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| module (`modules/optimization/`) | job |", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z_]+\.py)`", table)) | {"__init__.py", "base.py"}  # validators/base.py: the Validator type itself
+    named_dirs = set(re.findall(r"`([a-z_]+)/`", table))
+    modules = {p.name for p in PACKAGE.rglob("*.py")}
+    assert named == modules, (sorted(modules - named), sorted(named - modules))
+    assert named_dirs == {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+
+
+def test_architecture_names_only_modules_that_exist():
+    text = (PACKAGE.parents[1] / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    mentioned = set(re.findall(r"\b([a-z_]+\.py)\b", text))
+    modules = {p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in (PACKAGE.parents[1] / "hooks").glob("*.py")}
+    tests = {p.name for p in (PACKAGE.parents[1] / "tests").rglob("*.py")} | {p.name for p in (PACKAGE.parents[1] / "bench").glob("*.py")}
+    assert mentioned - modules - tests == set()
