@@ -129,15 +129,6 @@ def _no_beat() -> None:
     pass
 
 
-def _parse_env(raw: bytes) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep and key:
-            env[os.fsdecode(key)] = os.fsdecode(value)
-    return env
-
-
 class Daemon(Dispatcher):
     """Serve hook events for one project until idle, told to stop, or killed."""
 
