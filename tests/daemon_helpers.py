@@ -142,3 +142,16 @@ def private_runtime(project: Path):
     finally:
         runtime.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+OFF = {"CLAUDE_HOOKS_OPTIMIZATION": "off"}  # the client answers in-process, as when no daemon can answer
+
+
+def state(rt):
+    return rt.project / ".claude" / "hookopt"
+
+
+def decision(proc):
+    assert proc.returncode == 0, proc.stderr
+    assert b"Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)["hookSpecificOutput"]["permissionDecision"] if proc.stdout else None

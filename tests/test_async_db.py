@@ -1,11 +1,13 @@
 import json
 import sqlite3
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from modules.optimization.async_db import JOURNAL_NAME, STORE_NAME, Journal, ObserverLog, ObserverStore
+from modules.optimization.async_db import JOURNAL_NAME, STORE_NAME, Journal, ObserverLog, ObserverStore, spool_event
+from tests.mounts import fill, tiny_tmpfs
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude-code-2.1.329"
 
@@ -230,3 +232,52 @@ def test_record_after_close_is_refused(tmp_path):
     log.close()  # idempotent
     with pytest.raises(RuntimeError):
         log.record(event(0))
+
+
+def test_journal_on_a_full_disk_keeps_exactly_the_acknowledged_entries(tmp_path):
+    """An append that fails for lack of space must leave no trace, even once space is back:
+    a buffered writer would keep its bytes and write them later under a reused seq."""
+    with tiny_tmpfs(tmp_path / "fs", 64 * 1024) as fs:
+        journal = Journal(fs / "journal.jsonl", fsync=False)
+        acked = {journal.append({"i": i, "pad": "x" * 300}): i for i in range(3)}
+        filler = fill(fs)
+        failed = 0
+        for i in range(3, 40):
+            try:
+                acked[journal.append({"i": i, "pad": "x" * 300})] = i
+            except OSError:
+                failed += 1
+        assert failed
+        filler.unlink()
+        for i in range(40, 45):
+            acked[journal.append({"i": i, "pad": "x" * 300})] = i
+        journal.close()
+        reopened = Journal(fs / "journal.jsonl", fsync=False)
+        entries = [(seq, record["i"]) for seq, record in reopened.entries_after(0)]
+        reopened.close()
+    assert entries == sorted(acked.items())
+
+
+def test_spool_ingest_interrupted_by_a_full_disk_records_each_event_once(tmp_path):
+    with tiny_tmpfs(tmp_path / "fs", 256 * 1024) as fs:
+        for i in range(60):
+            spool_event(fs, {"hook_event_name": "PostToolUse", "tool_use_id": f"t{i}", "pad": "x" * 200})
+        log = ObserverLog(fs, background=False, fsync=False)
+        log.record({"hook_event_name": "PostToolUse", "tool_use_id": "first"})  # the journal's page has room left
+        filler = fill(fs)
+        for _ in range(3):  # the daemon retries every tick
+            with pytest.raises(OSError):
+                log.ingest_spool()
+        filler.unlink()
+        log.ingest_spool()
+        log.close()
+        counts = stored_ids_in(fs / "observer.db")
+    assert counts == Counter({"first": 1, **{f"t{i}": 1 for i in range(60)}})
+
+
+def stored_ids_in(path):
+    db = sqlite3.connect(path)
+    try:
+        return Counter(r[0] for r in db.execute("SELECT json_extract(payload, '$.tool_use_id') FROM events"))
+    finally:
+        db.close()

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import threading
@@ -10,8 +11,10 @@ from modules.optimization.hook_integration import Engine, run_hook, validator
 from modules.optimization.integrated_optimizer import load_settings
 from modules.optimization.performance_monitor import Monitor
 from modules.optimization.protocol import interpret
+from modules.optimization.validators import pre_tool_use
 from modules.optimization.validators.base import PASS, Validator, Verdict
-from tests.daemon_helpers import private_runtime
+from modules.optimization.validators.pre_tool_use import BUILTIN_PRE
+from tests.daemon_helpers import pre_event, private_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code-2.1.329"
@@ -312,5 +315,39 @@ def test_isolated_validator_gets_a_large_event_through_shared_memory(project):
         big = event("Write", project=project, file_path=str(project / "big.txt"), content="x" * (2 << 20))
         assert decision(engine, big).reason == f"checked {2 << 20} bytes"
         assert engine._processes.stats()["shm_transfers"] == 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("guard", BUILTIN_PRE, ids=lambda v: v.name)
+def test_every_builtin_guard_fails_closed_on_its_own_error(tmp_path, monkeypatch, guard):
+    monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(tmp_path))
+
+    def broken(event):
+        raise RuntimeError("internal bug")
+
+    engine = Engine(tmp_path, load_settings(tmp_path), validators=[dataclasses.replace(guard, fn=broken)], persist=False)
+    try:
+        outcome = interpret("PreToolUse", engine.evaluate(pre_event(tmp_path, "ls -la")))
+    finally:
+        engine.close()
+    assert outcome.decision == "deny"
+    assert outcome.reason == f"validator {guard.name!r} failed: RuntimeError: internal bug"
+
+
+def test_a_bug_inside_a_builtin_guard_denies_through_the_engine_and_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(tmp_path))
+    engine = Engine(tmp_path, load_settings(tmp_path), persist=False)
+    original = pre_tool_use._delete_findings
+
+    def broken(*args):
+        raise IndexError("parser bug")
+
+    try:
+        monkeypatch.setattr(pre_tool_use, "_delete_findings", broken)
+        outcome = interpret("PreToolUse", engine.evaluate(pre_event(tmp_path, "rm -r build")))
+        assert outcome.decision == "deny" and "'recursive_delete'" in outcome.reason and "IndexError: parser bug" in outcome.reason
+        monkeypatch.setattr(pre_tool_use, "_delete_findings", original)
+        assert interpret("PreToolUse", engine.evaluate(pre_event(tmp_path, "rm -r build"))).decision is None
     finally:
         engine.close()

@@ -122,3 +122,75 @@ def test_architecture_names_only_modules_that_exist():
     modules = {p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in (PACKAGE.parents[1] / "hooks").glob("*.py")}
     tests = {p.name for p in (PACKAGE.parents[1] / "tests").rglob("*.py")} | {p.name for p in (PACKAGE.parents[1] / "bench").glob("*.py")}
     assert mentioned - modules - tests == set()
+
+
+# Modules whose import gives a way to run code from bytes.
+UNPICKLERS = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle", "yaml", "copyreg"}
+
+
+# What is allowed to exec or compile code: running a stub's own .original script file.
+EXEC_ALLOWED = {("client.py", "run_original")}
+
+
+def _module_imports(path):
+    """(absolute module names imported, sibling module files imported relatively)."""
+    tree = ast.parse(path.read_text(), str(path))
+    absolute, relative = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            absolute.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                absolute.add(node.module or "")
+                continue
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            if node.module:
+                target = base.joinpath(*node.module.split("."))
+                relative.add(target.with_suffix(".py") if target.with_suffix(".py").exists() else target / "__init__.py")
+            else:
+                relative.update(base / f"{alias.name}.py" for alias in node.names if (base / f"{alias.name}.py").exists())
+    return tree, absolute, relative
+
+
+def _code_runners(tree):
+    """(innermost enclosing function, name) of every eval/exec/compile/__import__ call."""
+    found = []
+
+    def visit(node, owner):
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else owner
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Name) and child.func.id in ("eval", "exec", "compile", "__import__"):
+                found.append((owner, child.func.id))
+            visit(child, inner)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_nothing_from_the_socket_or_http_is_unpickled_or_evaluated():
+    """Static: the code the daemon and the thin client load imports no unpickler and runs
+    no eval/exec on data. The one exception is the process pool for isolated validators
+    (subprocess_coordinator.py): multiprocess pickles over pipes it creates to workers it
+    forked itself, never over the daemon's socket or http."""
+    seen, todo = set(), [PACKAGE / "daemon.py", PACKAGE / "client.py", PACKAGE / "hook_integration.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree, absolute, relative = _module_imports(path)
+        rel = path.relative_to(PACKAGE)
+        if str(rel) == "subprocess_coordinator.py":
+            continue  # private pipes to its own forked workers (see the docstring)
+        assert not {name.split(".")[0] for name in absolute} & UNPICKLERS, (rel, absolute & UNPICKLERS)
+        # multiprocess pickles over its pipes; only its shared_memory (raw bytes) may be used here.
+        assert {name for name in absolute if name.split(".")[0] in ("multiprocess", "multiprocessing")} <= {"multiprocess.shared_memory"}, rel
+        for owner, name in _code_runners(tree):
+            assert (str(rel), owner) in EXEC_ALLOWED, f"{rel}: {name}() in {owner}"
+        todo.extend(relative)
+    names = {str(p.relative_to(PACKAGE)) for p in seen}
+    assert {"daemon.py", "client.py", "protocol.py", "async_db.py", "hook_pool.py"} <= names
+    # The daemon's only pickling peer is the isolated-validator pool, reached through the engine.
+    assert "subprocess_coordinator.py" in names

@@ -3,11 +3,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from modules.optimization.protocol import (
     DECISION_ORDER,
+    EVENTS,
+    TOOL_EVENTS,
     HookResult,
     ProtocolError,
     combine,
@@ -17,6 +19,7 @@ from modules.optimization.protocol import (
     parse_event,
     pre_tool_use_result,
 )
+from tests.fuzz_strategies import event_like, json_values, mangled
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "claude-code-2.1.329"
 
@@ -222,3 +225,20 @@ def test_matcher_subject_per_event():
     assert matcher_subject({"hook_event_name": "PreToolUse", "tool_name": "Bash"}) == "Bash"
     assert matcher_subject({"hook_event_name": "SessionStart", "source": "resume"}) == "resume"
     assert matcher_subject({"hook_event_name": "Stop"}) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | mangled(event_like) | mangled(json_values))
+@example(b"[" * 100_000)
+@example(b'{"hook_event_name": "PreToolUse", "tool_name": "Bash", "n": ' + b"1" * 5000 + b"}")
+@example(b'{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "\\ud800"}}')
+@example(b"\xef\xbb\xbf{}")
+def test_fuzz_parse_event_raises_only_protocol_error(raw):
+    try:
+        event = parse_event(raw)
+    except ProtocolError:
+        return
+    assert isinstance(event, dict) and event["hook_event_name"] in EVENTS
+    if event["hook_event_name"] in TOOL_EVENTS:
+        assert isinstance(event["tool_name"], str) and event["tool_name"]
+        assert isinstance(event.get("tool_input", {}), dict)

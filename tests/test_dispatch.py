@@ -1,0 +1,101 @@
+"""Dispatch: the daemon's frame parser fed arbitrary and mangled request frames."""
+
+import asyncio
+import json
+import posix
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from modules.optimization import wire
+from modules.optimization.daemon import Daemon, ensure_runtime_dir
+from modules.optimization.integrated_optimizer import load_settings
+from modules.optimization.protocol import ProtocolError
+from tests.daemon_helpers import post_event
+from tests.fuzz_strategies import event_like, json_values, mangled
+
+
+@pytest.fixture
+def inproc_daemon(tmp_path, monkeypatch):
+    """A Daemon object in this process with a private runtime dir (not serving sockets)."""
+    runtime = Path(tempfile.mkdtemp(prefix="hz", dir="/tmp"))
+    monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(runtime).encode())
+    monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(tmp_path))
+    ensure_runtime_dir()
+    daemon = Daemon(tmp_path, load_settings(tmp_path))
+    yield daemon
+    daemon.observers.close()
+    daemon.engine.close()
+    subprocess.run(["rm", "-rf", str(runtime)], check=False)
+
+
+@st.composite
+def request_frames(draw, project):
+    """Request frames as a client builds them, with drawn ops and sections, often mangled."""
+    op = draw(st.sampled_from(["event", "status", "stack", "legacy", "bogus"]) | st.text(max_size=8))
+    body = draw(st.binary(max_size=200) | mangled(event_like) | mangled(st.just(post_event(project, tool_use_id="toolu_fuzz"))))
+    sections = {
+        "project": draw(st.just(str(project).encode()) | st.binary(max_size=20)),
+        "env": draw(st.binary(max_size=60)),
+        "cwd": draw(st.just(b"") | st.binary(max_size=20)),
+        "script": draw(st.binary(max_size=20)),
+        "argv": draw(st.binary(max_size=20)),
+        "body": body,
+    }
+    frame = wire.encode_request(op, **sections)
+    how = draw(st.sampled_from(["as is", "cut", "splice", "header"]))
+    if how == "cut":
+        frame = frame[: draw(st.integers(0, len(frame)))]
+    elif how == "splice":
+        at = draw(st.integers(0, len(frame)))
+        frame = frame[:at] + draw(st.binary(min_size=1, max_size=8)) + frame[at:]
+    elif how == "header":  # a drawn header of the declared size
+        header = draw(st.binary(max_size=64) | mangled(json_values))
+        frame = len(header).to_bytes(4, "big") + header + frame[4 + int.from_bytes(frame[:4], "big") :]
+    return frame
+
+
+def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catches(inproc_daemon):
+    """Daemon.answer_frame fed arbitrary and mangled frames from a StreamReader: it answers
+    with a well-formed reply or raises ProtocolError / IncompleteReadError, which
+    the frame protocol catches (log, close) before serving the next connection."""
+    daemon = inproc_daemon
+    loop = asyncio.new_event_loop()
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.binary(max_size=400) | request_frames(daemon.project))
+    @example(b"\x00\x00\x00\x02[]")
+    @example(b"\x00\x00\x00\x011")
+    @example(b"\x00\x00\x00\x02\xff\xfe")
+    @example(b"\x00\x00\x10\x00" + b"[" * 4096)
+    @example(b"\xff\xff\xff\xff")
+    # Found by this fuzzer: a NUL in a path section reached os.path.realpath as a ValueError.
+    @example(wire.encode_request("legacy", project=str(daemon.project).encode(), script=b"hook.py\0"))
+    @example(wire.encode_request("stack", project=str(daemon.project).encode(), cwd=b"/tmp\0x", body=b"{}"))
+    def fuzz(data):
+        async def answer():
+            reader = asyncio.StreamReader()  # made on the running loop, as the server makes it
+            reader.feed_data(data[4:])
+            reader.feed_eof()
+            return await daemon.answer_frame(reader, int.from_bytes(data[:4].rjust(4, b"\0"), "big"))
+
+        try:
+            reply = loop.run_until_complete(answer())
+        except (ProtocolError, asyncio.IncompleteReadError):
+            return
+        size = int.from_bytes(reply[:4], "big")
+        parsed = wire.parse_reply_header(reply[4 : 4 + size])
+        if parsed is None:
+            assert "error" in json.loads(reply[4 : 4 + size])
+        else:
+            assert len(reply) == 4 + size + parsed[1] + parsed[2]
+
+    try:
+        fuzz()
+    finally:
+        loop.close()
+

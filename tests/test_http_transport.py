@@ -1,0 +1,86 @@
+"""The http transport Claude Code's http hooks use: a real daemon, real sockets."""
+
+import contextlib
+import json
+import socket
+
+from modules.optimization.protocol import MAX_EVENT_BYTES
+from tests.daemon_helpers import decision, pre_event, state
+
+
+def _read_response(conn):
+    """(status, headers, body) of one HTTP response, or None if the server closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        try:
+            chunk = conn.recv(65536)
+        except ConnectionResetError:  # closed with our unread request still queued
+            chunk = b""
+        if not chunk:
+            assert not data, data
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        body += conn.recv(65536)
+    return int(lines[0].split()[1]), headers, body
+
+
+def _closed(conn):
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_http_hostile_requests_are_refused_and_the_daemon_keeps_serving(rt):
+    rt.start()
+    endpoint = json.loads((state(rt) / "http.json").read_text())
+    token = endpoint["token"]
+    body = json.dumps(pre_event(rt.project, "rm -rf /")).encode()
+
+    def request(headers, payload=b"", method="POST"):
+        lines = [f"{method} /hook HTTP/1.1", "Host: x", *headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+    def connect():
+        return socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10)
+
+    good = request([f"X-Hookopt-Token: {token}", f"Content-Length: {len(body)}"], body)
+    # A Content-Length over the event limit: 413 at once, nothing read, connection closed.
+    for length in (MAX_EVENT_BYTES + 1, 10**15, -1):
+        with connect() as conn:
+            conn.sendall(request([f"X-Hookopt-Token: {token}", f"Content-Length: {length}"]))
+            status, headers, _ = _read_response(conn)
+            assert status == 413 and headers["connection"] == "close" and _closed(conn)
+    # No token header at all.
+    with connect() as conn:
+        conn.sendall(request([f"Content-Length: {len(body)}", "Connection: close"], body))
+        status, _, payload = _read_response(conn)
+        assert status == 403 and b"x-hookopt-token" in payload and _closed(conn)
+    # One keep-alive connection: a good request, garbage, a good request again (a refused
+    # request keeps the connection when its framing was clear).
+    with connect() as conn:
+        conn.sendall(good)
+        assert _read_response(conn)[0] == 200
+        conn.sendall(b"\x00\xff\xfe GARBAGE \x01\r\nnot a header\r\n\r\n")
+        assert _read_response(conn)[0] == 403
+        conn.sendall(good)
+        status, _, payload = _read_response(conn)
+        assert status == 200 and json.loads(payload)["hookSpecificOutput"]["permissionDecision"] == "deny"
+    # Garbage that cannot be framed: the server closes without answering.
+    for garbage in (b"A" * 200_000, request([f"X-Hookopt-Token: {token}", "Content-Length: twelve"]), good[: len(good) - 10]):
+        with connect() as conn:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may close mid-send
+                conn.sendall(garbage)
+                conn.shutdown(socket.SHUT_WR)
+            assert _read_response(conn) is None
+    # Still serving, same daemon, over a fresh connection and the unix socket alike.
+    with connect() as conn:
+        conn.sendall(good)
+        assert _read_response(conn)[0] == 200
+    assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"
+    assert len(rt.supervisors()) == 1 and rt.status()["supervisor"]["restarts"] == 0  # the same worker throughout
+
