@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from modules.optimization import client, wire
@@ -155,3 +157,12 @@ def decision(proc):
     assert proc.returncode == 0, proc.stderr
     assert b"Traceback" not in proc.stderr, proc.stderr
     return json.loads(proc.stdout)["hookSpecificOutput"]["permissionDecision"] if proc.stdout else None
+
+
+def http_post(port, body, token, path="/hook"):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers={"Content-Type": "application/json", "X-Hookopt-Token": token})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

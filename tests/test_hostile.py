@@ -14,8 +14,7 @@ import pytest
 
 from modules.optimization import wire
 from modules.optimization.installer import install
-from tests.daemon_helpers import HOOKS, pre_event, wait_for
-from tests.test_daemon import http_post
+from tests.daemon_helpers import HOOKS, http_post, pre_event, wait_for
 
 OFF = {"CLAUDE_HOOKS_OPTIMIZATION": "off"}  # the client answers in-process, as when no daemon can
 GUARD = """\

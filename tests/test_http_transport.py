@@ -3,9 +3,10 @@
 import contextlib
 import json
 import socket
+import subprocess
 
 from modules.optimization.protocol import MAX_EVENT_BYTES
-from tests.daemon_helpers import decision, pre_event, state
+from tests.daemon_helpers import decision, http_post, pre_event, state
 
 
 def _read_response(conn):
@@ -84,3 +85,33 @@ def test_http_hostile_requests_are_refused_and_the_daemon_keeps_serving(rt):
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"
     assert len(rt.supervisors()) == 1 and rt.status()["supervisor"]["restarts"] == 0  # the same worker throughout
 
+
+def test_http_transport_answers_with_the_token_only(rt):
+    rt.start()
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    body = json.dumps(pre_event(rt.project, "rm -rf /")).encode()
+    status, payload = http_post(endpoint["port"], body, endpoint["token"])
+    assert status == 200
+    assert json.loads(payload)["hookSpecificOutput"]["permissionDecision"] == "deny"
+    assert http_post(endpoint["port"], body, "wrong")[0] == 403
+    assert http_post(endpoint["port"], body, "")[0] == 403
+    assert http_post(endpoint["port"], json.dumps(pre_event(rt.project, "ls")).encode(), endpoint["token"]) == (200, b"{}")
+    assert http_post(endpoint["port"], b"{nope", endpoint["token"])[0] == 500
+
+
+def test_http_keep_alive_and_loopback_only(rt):
+    rt.start()
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    body = json.dumps(pre_event(rt.project, "rm -rf /")).encode()
+    request = (
+        f"POST /hook HTTP/1.1\r\nHost: x\r\nX-Hookopt-Token: {endpoint['token']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn:
+        for _ in range(3):
+            conn.sendall(request)
+            head = conn.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 OK") and b"keep-alive" in head and b'"deny"' in head
+    for port in (endpoint["port"], endpoint["metrics_port"]):
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        assert listening[3] == f"127.0.0.1:{port}", listening  # the local address column

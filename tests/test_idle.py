@@ -1,11 +1,15 @@
 """Idle exit is right for every op: whatever answers an event restarts the idle clock;
-status and stop do not. A real Daemon serves its real unix socket and http port in this
-process; its clock is fake, so the idle timeout is ticked, never slept out."""
+status and stop do not; quiet past the timeout the daemon exits, unless a Claude Code
+session it served still lives. A real Daemon serves its real unix socket and http port in
+this process; its clock is fake, so the idle timeout is ticked, never slept out (the one
+real end-to-end idle exit, with a 1 s timeout, is the supervisor's in test_supervisor.py)."""
 
 import asyncio
 import json
+import logging
 import posix
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -107,5 +111,42 @@ def test_status_requests_are_not_activity(project):
         await request("status")  # a `hookopt status --watch` must not keep a daemon alive forever
         clock.tick(1)
         assert daemon.idle()
+
+    run_with_daemon(project, scenario)
+
+
+def ask(project, env):
+    """Answer one PreToolUse event over the daemon's socket, with the environment section env."""
+    reply = client.ask_daemon(str(project), frame(project, "event", body=json.dumps(pre_event(project, "ls")).encode(), env=env), 30.0)
+    assert reply is not None and reply[0] == 0, reply
+
+
+def test_daemon_exits_when_idle(project, caplog):
+    """Quiet past its timeout, the daemon's own tick stops it and it removes its socket and pid files."""
+    caplog.set_level(logging.INFO, logger="hookopt.daemon")
+
+    async def scenario(daemon, clock, request):
+        clock.tick(daemon.settings.profile.idle_timeout_s)
+        await asyncio.wait_for(daemon.stop_event.wait(), 30)  # set by the daemon's tick, not by the test
+
+    run_with_daemon(project, scenario)
+    assert not Path(wire.runtime_path(str(project), ".sock")).exists()
+    assert not Path(wire.runtime_path(str(project), ".pid")).exists()
+    timeout = load_settings(project).profile.idle_timeout_s
+    assert f"idle for {timeout}s, exiting" in caplog.messages
+
+
+def test_daemon_stays_while_a_claude_code_session_lives(project):
+    session = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+    async def scenario(daemon, clock, request):
+        env = b"CLAUDE_PROJECT_DIR=" + str(project).encode() + b"\0CLAUDE_PID=" + str(session.pid).encode()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ask, project, env)
+            clock.tick(3 * daemon.settings.profile.idle_timeout_s)
+            assert not daemon.idle() and not daemon.stop_event.is_set()  # outlived its idle timeout
+        finally:
+            session.communicate(b"")
+        await asyncio.wait_for(daemon.stop_event.wait(), 30)  # the daemon leaves once the session ended
 
     run_with_daemon(project, scenario)

@@ -16,8 +16,7 @@ import pytest
 
 from modules.optimization.supervisor import EXIT_GAVE_UP, Policy, Supervisor
 from tests.clock import FakeClock
-from tests.daemon_helpers import ROOT, pre_event, wait_for
-from tests.test_daemon import http_post
+from tests.daemon_helpers import ROOT, http_post, pre_event, wait_for
 
 
 def drive(sup, until, steps=400):
