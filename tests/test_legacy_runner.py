@@ -7,57 +7,28 @@ stderr bytes. Real interpreters, real forks, real pipes; no mocks.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import select
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from modules.optimization.forkserver_client import ForkServer
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import HookResult
-from modules.optimization.wire import LEGACY_ENV
+from tests import legacy_helpers
+from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native
 
-CORPUS = Path(__file__).parent / "legacy_corpus"
-HOOKS = ".claude/hooks"
-WAIT = 30.0  # bound for things that finish at once when all is well
-
-pytestmark = pytest.mark.skipif(shutil.which("python3") is None or not os.path.exists("/bin/sh"), reason="needs sh and python3")
+pytestmark = NEEDS_SH
+loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
 
 
-def _event(command: str = "ls -la", **extra: object) -> bytes:
-    event = {
-        "session_id": "5e55-1on",
-        "transcript_path": "/tmp/transcript.jsonl",
-        "cwd": "/tmp/project",
-        "hook_event_name": "PreToolUse",
-        "tool_name": "Bash",
-        "tool_input": {"command": command},
-        "tool_use_id": "toolu_01",
-        **extra,
-    }
-    return json.dumps(event).encode()
-
-
-EVENT = _event()
 BIG_EVENT = _event("x" * (2 * 1024 * 1024))  # far beyond a pipe's 64 KiB
 
 
-def _interpreter_of(command: list[str]) -> str:
-    return subprocess.run([*command, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-PYENV_PY = _interpreter_of(["python3"]) if shutil.which("python3") else sys.executable  # what `python3` on PATH (a pyenv shim here) runs
-SYSTEM_PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else PYENV_PY
 HAS_CLICK = subprocess.run([PYENV_PY, "-c", "import click"], capture_output=True, check=False).returncode == 0
 
 
@@ -70,7 +41,6 @@ class Case:
     warm: bool = True
 
 
-H = f'"$CLAUDE_PROJECT_DIR"/{HOOKS}'
 CASES = [
     Case("exit2-stderr", f"python3 {HOOKS}/block_exit2.py", _event("rm -rf /")),
     Case("exit2-passes", f"python3 {H}/block_exit2.py"),
@@ -146,45 +116,6 @@ for _python in sorted(Path(os.path.expanduser("~/.pyenv/versions")).glob("3.*/bi
             Case(f"exit-object-{_version}", f"{_python} {H}/exits.py exit-object"),
             Case(f"finalizers-del-{_version}", f"{_python} {H}/finalizers.py del"),
         ]
-
-
-def _env(project: Path, changes: dict[str, str | None] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", LEGACY_ENV)}
-    env["CLAUDE_PROJECT_DIR"] = str(project)
-    for key, value in (changes or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-def _native(command: str, event: bytes, env: dict[str, str], cwd: Path) -> HookResult:
-    done = subprocess.run(["/bin/sh", "-c", command], input=event, env=env, cwd=cwd, capture_output=True, timeout=120, check=False)
-    return HookResult(done.returncode, done.stdout, done.stderr)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def runner(loop: asyncio.AbstractEventLoop) -> Iterator[LegacyRunner]:
-    runner = LegacyRunner(max_servers=8)
-    yield runner
-    loop.run_until_complete(runner.close())
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(CORPUS, root / HOOKS)
-    shutil.copytree(CORPUS / "hookpkg", root / "hookpkg")  # for `python -m hookpkg.X` from the project root
-    shutil.copy(CORPUS / "introspect.py", root / "hookpkg" / "introspect.py")
-    return root
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -271,28 +202,6 @@ def test_timeout_kills_the_hook_and_its_children(warm: bool, runner: LegacyRunne
     assert _wait_gone(int(result.stdout.split()[1]))  # the grandchild `sleep 1000` went with it
 
 
-def test_dead_zygote_is_restarted(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:
-    env, command = _env(project), f"python3 {H}/dunder_main.py"
-    expected = _native(command, EVENT, env, project)
-    first = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
-    assert first.stdout == expected.stdout
-    victims = [s for s in runner.servers if s.alive]
-    for server in victims:
-        assert server.pid is not None
-        os.kill(server.pid, signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while server.alive and time.monotonic() < deadline:  # the loop notices the zygote's socket close
-            loop.run_until_complete(asyncio.sleep(0.01))
-        assert not server.alive
-    before = runner.stats()
-    again = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
-    after = runner.stats()
-    assert (again.exit_code, again.stdout, again.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
-    assert after["warm_runs"] == before["warm_runs"] + 1
-    assert after["servers_started"] == before["servers_started"] + 1
-    assert after["restarts"] >= before["restarts"] + 1
-
-
 def test_concurrent_warm_runs(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:
     env, command = _env(project), f"python3 {H}/echo_event.py"
     before = runner.stats()
@@ -342,110 +251,6 @@ def test_a_virtualenv_interpreter(runner: LegacyRunner, loop: asyncio.AbstractEv
         got = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(tmp_path)))
         assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
         assert b"/venv" in got.stdout and runner.stats()["warm_runs"] == before + 1
-
-
-def _library(tmp_path: Path, **modules: str) -> Path:
-    lib = tmp_path / "lib"
-    lib.mkdir(exist_ok=True)
-    for name, source in modules.items():
-        (lib / f"{name}.py").write_text(source)
-    return lib
-
-
-def test_a_module_that_prints_at_import_is_not_preloaded(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    lib = _library(tmp_path, noisy_mod="import sys\nprint('noisy import')\nsys.stderr.write('warning at import\\n')\n")
-    (tmp_path / "hook.py").write_text("import json, noisy_mod\nprint('body')\n")
-    env = _env(tmp_path, {"PYTHONPATH": str(lib)})
-    expected = _native("python3 hook.py", EVENT, env, tmp_path)
-    assert expected.stdout == b"noisy import\nbody\n"
-    runner = LegacyRunner()
-    try:
-        for _ in range(3):
-            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
-            assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
-        assert runner.stats()["warm_runs"] == 3
-        assert all("noisy_mod" not in s.modules for s in runner.servers)
-    finally:
-        loop.run_until_complete(runner.close())
-
-
-def test_a_module_reading_the_environment_at_import_sees_each_runs_value(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    lib = _library(tmp_path, flavour_mod="import os\nFLAVOUR = os.environ.get('HOOK_FLAVOUR', 'plain')\n")
-    (tmp_path / "hook.py").write_text("import flavour_mod\nprint(flavour_mod.FLAVOUR)\n")
-    runner = LegacyRunner()
-    try:
-        for flavour in ("salty", "sweet", "salty", None):
-            env = _env(tmp_path, {"PYTHONPATH": str(lib), "HOOK_FLAVOUR": flavour})
-            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
-            assert got.stdout == _native("python3 hook.py", EVENT, env, tmp_path).stdout == f"{flavour or 'plain'}\n".encode()
-        assert runner.stats()["warm_runs"] == 4
-    finally:
-        loop.run_until_complete(runner.close())
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_an_edited_library_is_picked_up(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    lib = _library(tmp_path, versioned_mod="VERSION = 1\n")
-    (tmp_path / "hook.py").write_text("import versioned_mod\nprint(versioned_mod.VERSION)\n")
-    env = _env(tmp_path, {"PYTHONPATH": str(lib)})
-    clock = FakeClock()
-    runner = LegacyRunner(clock=clock)
-    try:
-        assert loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path))).stdout == b"1\n"
-        module = lib / "versioned_mod.py"
-        module.write_text("VERSION = 2\n")
-        os.utime(module, ns=(1, 1))  # a different mtime whatever the clock's granularity
-        clock.now += 5
-        assert loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path))).stdout == b"2\n"
-        assert runner.stats()["warm_runs"] == 2
-    finally:
-        loop.run_until_complete(runner.close())
-
-
-def test_a_script_shadowing_a_zygote_module_is_spawned(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    (tmp_path / "json.py").write_text("def dumps(obj):\n    return 'local json'\n")
-    (tmp_path / "hook.py").write_text("import json\nprint(json.dumps({}))\n")
-    env = _env(tmp_path)
-    before = runner.stats()
-    got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
-    assert got.stdout == _native("python3 hook.py", EVENT, env, tmp_path).stdout == b"local json\n"
-    assert runner.stats()["fallbacks"] == before["fallbacks"] + 1
-
-
-def test_an_edited_script_is_recompiled(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    hook = tmp_path / "hook.py"
-    env = _env(tmp_path)
-    for version in ("one", "two", "six"):  # same size each time: only the stat tells them apart
-        hook.write_text(f"print('{version}')\n")
-        for _ in range(3):
-            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
-            assert got == HookResult(0, f"{version}\n".encode(), b"")
-
-
-def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    script = tmp_path / "s.py"
-    script.write_text("import sys, json\nprint(sys.argv[1:], 'json' in sys.modules)\nsys.exit(len(sys.stdin.read()))\n")
-
-    async def go() -> tuple[list[str], HookResult]:
-        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path))
-        await server.start()
-        try:
-            loaded = await server.preload(["json", "hookopt_no_such_module"])
-            result = await server.run(str(script), str(script), ["a"], stdin=b"12345", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
-            return loaded, result
-        finally:
-            await server.close()
-
-    loaded, result = loop.run_until_complete(go())
-    assert loaded == ["json"]
-    assert result == HookResult(5, b"['a'] True\n", b"")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,139 @@
+"""The fork server (forkserver.py, driven through forkserver_client.py and the legacy
+runner): its zygotes preload, restart when killed, and pick up edited scripts and
+libraries; each run stays identical to `/bin/sh -c command`."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from modules.optimization.forkserver_client import ForkServer
+from modules.optimization.legacy_runner import LegacyRunner
+from modules.optimization.protocol import HookResult
+from tests import legacy_helpers
+from tests.clock import FakeClock
+from tests.legacy_helpers import EVENT, NEEDS_SH, PYENV_PY, WAIT, H, _env, _native
+
+pytestmark = NEEDS_SH
+loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
+
+
+def test_dead_zygote_is_restarted(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:
+    env, command = _env(project), f"python3 {H}/dunder_main.py"
+    expected = _native(command, EVENT, env, project)
+    first = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
+    assert first.stdout == expected.stdout
+    victims = [s for s in runner.servers if s.alive]
+    for server in victims:
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while server.alive and time.monotonic() < deadline:  # the loop notices the zygote's socket close
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert not server.alive
+    before = runner.stats()
+    again = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
+    after = runner.stats()
+    assert (again.exit_code, again.stdout, again.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
+    assert after["warm_runs"] == before["warm_runs"] + 1
+    assert after["servers_started"] == before["servers_started"] + 1
+    assert after["restarts"] >= before["restarts"] + 1
+
+
+def _library(tmp_path: Path, **modules: str) -> Path:
+    lib = tmp_path / "lib"
+    lib.mkdir(exist_ok=True)
+    for name, source in modules.items():
+        (lib / f"{name}.py").write_text(source)
+    return lib
+
+
+def test_a_module_that_prints_at_import_is_not_preloaded(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    lib = _library(tmp_path, noisy_mod="import sys\nprint('noisy import')\nsys.stderr.write('warning at import\\n')\n")
+    (tmp_path / "hook.py").write_text("import json, noisy_mod\nprint('body')\n")
+    env = _env(tmp_path, {"PYTHONPATH": str(lib)})
+    expected = _native("python3 hook.py", EVENT, env, tmp_path)
+    assert expected.stdout == b"noisy import\nbody\n"
+    runner = LegacyRunner()
+    try:
+        for _ in range(3):
+            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
+            assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
+        assert runner.stats()["warm_runs"] == 3
+        assert all("noisy_mod" not in s.modules for s in runner.servers)
+    finally:
+        loop.run_until_complete(runner.close())
+
+
+def test_a_module_reading_the_environment_at_import_sees_each_runs_value(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    lib = _library(tmp_path, flavour_mod="import os\nFLAVOUR = os.environ.get('HOOK_FLAVOUR', 'plain')\n")
+    (tmp_path / "hook.py").write_text("import flavour_mod\nprint(flavour_mod.FLAVOUR)\n")
+    runner = LegacyRunner()
+    try:
+        for flavour in ("salty", "sweet", "salty", None):
+            env = _env(tmp_path, {"PYTHONPATH": str(lib), "HOOK_FLAVOUR": flavour})
+            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
+            assert got.stdout == _native("python3 hook.py", EVENT, env, tmp_path).stdout == f"{flavour or 'plain'}\n".encode()
+        assert runner.stats()["warm_runs"] == 4
+    finally:
+        loop.run_until_complete(runner.close())
+
+
+def test_an_edited_library_is_picked_up(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    lib = _library(tmp_path, versioned_mod="VERSION = 1\n")
+    (tmp_path / "hook.py").write_text("import versioned_mod\nprint(versioned_mod.VERSION)\n")
+    env = _env(tmp_path, {"PYTHONPATH": str(lib)})
+    clock = FakeClock()
+    runner = LegacyRunner(clock=clock)
+    try:
+        assert loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path))).stdout == b"1\n"
+        module = lib / "versioned_mod.py"
+        module.write_text("VERSION = 2\n")
+        os.utime(module, ns=(1, 1))  # a different mtime whatever the clock's granularity
+        clock.now += 5
+        assert loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path))).stdout == b"2\n"
+        assert runner.stats()["warm_runs"] == 2
+    finally:
+        loop.run_until_complete(runner.close())
+
+
+def test_a_script_shadowing_a_zygote_module_is_spawned(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text("def dumps(obj):\n    return 'local json'\n")
+    (tmp_path / "hook.py").write_text("import json\nprint(json.dumps({}))\n")
+    env = _env(tmp_path)
+    before = runner.stats()
+    got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
+    assert got.stdout == _native("python3 hook.py", EVENT, env, tmp_path).stdout == b"local json\n"
+    assert runner.stats()["fallbacks"] == before["fallbacks"] + 1
+
+
+def test_an_edited_script_is_recompiled(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    hook = tmp_path / "hook.py"
+    env = _env(tmp_path)
+    for version in ("one", "two", "six"):  # same size each time: only the stat tells them apart
+        hook.write_text(f"print('{version}')\n")
+        for _ in range(3):
+            got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
+            assert got == HookResult(0, f"{version}\n".encode(), b"")
+
+
+def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import sys, json\nprint(sys.argv[1:], 'json' in sys.modules)\nsys.exit(len(sys.stdin.read()))\n")
+
+    async def go() -> tuple[list[str], HookResult]:
+        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path))
+        await server.start()
+        try:
+            loaded = await server.preload(["json", "hookopt_no_such_module"])
+            result = await server.run(str(script), str(script), ["a"], stdin=b"12345", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
+            return loaded, result
+        finally:
+            await server.close()
+
+    loaded, result = loop.run_until_complete(go())
+    assert loaded == ["json"]
+    assert result == HookResult(5, b"['a'] True\n", b"")
+
