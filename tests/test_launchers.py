@@ -12,13 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
+from tests import legacy_helpers
 
 UV = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
 pytestmark = pytest.mark.skipif(not os.access(UV, os.X_OK), reason="uv is a test dependency: pip install -e '.[test]'")
@@ -41,11 +41,7 @@ if "rm -rf" in event["tool_input"]["command"]:
 PLAIN = "import sys\nprint(sys.executable == sys.orig_argv[0], sys.argv)\nraise SystemExit(sys.stdin.read().count('rm'))\n"
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
+loop = legacy_helpers.loop  # the shared module-scoped event loop
 
 
 @pytest.fixture(scope="module")
