@@ -9,7 +9,7 @@ us: one process that has imported what the hooks import and, per event, forks on
 hook, exec()s the hook's compiled code as __main__ with the event on stdin, collects
 stdout, stderr and the exit status. It is asked over a pipe, so both sides pay one
 round trip. Both answers are checked against each other (combined as Claude Code
-combines them). Target (issue 10): daemon p50 <= 1.0x naive, goal 0.5x.
+combines them). Target: daemon p50 <= 1.0x naive, goal 0.5x.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Hostile project content while the daemon runs (issue 13): settings.json turned into
+"""Hostile project content while the daemon runs: settings.json turned into
 invalid JSON, a symlink loop or a directory; hooks pointing outside the project; a hook
 script replaced by a binary; the project directory renamed. Each time the guards keep
 deciding, failing closed where they cannot be evaluated, with a clear message. Real

@@ -1,4 +1,4 @@
-"""Observers off the critical path (issue 10 item 3): real daemon, sockets, forked hooks, files.
+"""Observers off the critical path: real daemon, sockets, forked hooks, files.
 
 Each hook here is a Python script the daemon runs warm; a "gate" file holds an observer
 back, so a test can see the answer arrive before the observer ran, and kill the daemon

@@ -10,7 +10,7 @@ journal before it goes.
 ``main`` runs the daemon under a supervisor (supervisor.py): the parent holds the lock
 and the listening sockets, and forks the worker that serves them; a worker that crashes
 or hangs is replaced on the same socket, port and token, so Claude Code's http hooks are
-unguarded only for the calls in flight when it died (issue 13).
+unguarded only for the calls in flight when it died.
 """
 
 from __future__ import annotations
