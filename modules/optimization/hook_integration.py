@@ -18,8 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import Any, BinaryIO
 
 from .async_db import SPOOL_NAME, spool_event
 from .async_orchestrator import Orchestrator, TaskSpec
@@ -48,7 +47,7 @@ from .protocol import (
 )
 from .stack import load_stacks, run_selected
 from .subprocess_coordinator import ProcessCoordinator
-from .validators.base import PASS, Policy, Validator, Verdict
+from .validators.base import PASS, Validator, Verdict, collect_validators, validator
 from .validators.post_tool_use import builtin_post
 from .validators.pre_tool_use import BUILTIN_PRE
 from .validators.session_start import builtin_session
@@ -68,44 +67,8 @@ __all__ = [
 # Events that decide whether a tool runs; every other event is also recorded by the observers.
 GUARDED_EVENTS = frozenset({"PreToolUse", "PermissionRequest"})
 
-F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
 log = logging.getLogger("hookopt.engine")
 _MATCHING_CACHE_SIZE = 1024
-
-
-VALIDATOR_MARK: Final = "hookopt_validator"
-
-
-def validator(
-    name: str | None = None,
-    *,
-    events: Iterable[str] = ("PreToolUse",),
-    matcher: str = "*",
-    policy: Policy = "fail_closed",
-    cacheable: bool = True,
-    priority: int = 0,
-    depends_on: Sequence[str] = (),
-    isolated: bool = False,
-) -> Callable[[F], F]:
-    """Mark a function (event -> Verdict) as a validator; the engine collects marked functions
-    from the modules it loads (as pluggy marks hook implementations), nothing global.
-
-    isolated runs it in a worker process of the isolated-validator pool, under the
-    profile's memory and CPU limits (a heavy or untrusted check).
-    """
-
-    def mark(fn: F) -> F:
-        spec = Validator(name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on), isolated)
-        setattr(fn, VALIDATOR_MARK, spec)
-        return fn
-
-    return mark
-
-
-def collect_validators(namespace: ModuleType | Mapping[str, Any]) -> tuple[Validator, ...]:
-    """The validators marked with @validator in a module (or a namespace), in definition order."""
-    values = vars(namespace).values() if isinstance(namespace, ModuleType) else namespace.values()
-    return tuple(spec for value in values if isinstance(spec := getattr(value, VALIDATOR_MARK, None), Validator))
 
 
 def load_validator_file(path: Path) -> tuple[Validator, ...]:

@@ -1,12 +1,13 @@
-"""What a validator is and what it returns."""
+"""What a validator is, what it returns, and how a function is marked as one (@validator)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from types import ModuleType
+from typing import Any, Final, Literal, TypeVar
 
-__all__ = ["PASS", "Policy", "Validator", "Verdict"]
+__all__ = ["PASS", "VALIDATOR_MARK", "Policy", "Validator", "Verdict", "collect_validators", "validator"]
 
 Policy = Literal["fail_open", "fail_closed"]
 
@@ -49,3 +50,39 @@ class Validator:
     depends_on: tuple[str, ...] = ()
     # Run in a worker process under the profile's memory and CPU limits (a heavy or untrusted check).
     isolated: bool = False
+
+
+F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])
+VALIDATOR_MARK: Final = "hookopt_validator"
+
+
+def validator(
+    name: str | None = None,
+    *,
+    events: Iterable[str] = ("PreToolUse",),
+    matcher: str = "*",
+    policy: Policy = "fail_closed",
+    cacheable: bool = True,
+    priority: int = 0,
+    depends_on: Sequence[str] = (),
+    isolated: bool = False,
+) -> Callable[[F], F]:
+    """Mark a function (event -> Verdict) as a validator; the engine collects marked functions
+    from the modules it loads (as pluggy marks hook implementations), nothing global.
+
+    isolated runs it in a worker process of the isolated-validator pool, under the
+    profile's memory and CPU limits (a heavy or untrusted check).
+    """
+
+    def mark(fn: F) -> F:
+        spec = Validator(name or fn.__name__, fn, frozenset(events), matcher, policy, cacheable, priority, tuple(depends_on), isolated)
+        setattr(fn, VALIDATOR_MARK, spec)
+        return fn
+
+    return mark
+
+
+def collect_validators(namespace: ModuleType | Mapping[str, Any]) -> tuple[Validator, ...]:
+    """The validators marked with @validator in a module (or a namespace), in definition order."""
+    values = vars(namespace).values() if isinstance(namespace, ModuleType) else namespace.values()
+    return tuple(spec for value in values if isinstance(spec := getattr(value, VALIDATOR_MARK, None), Validator))

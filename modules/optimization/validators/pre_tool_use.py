@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 from ..paths import project_dir
-from .base import PASS, Validator, Verdict
+from .base import PASS, Validator, Verdict, collect_validators, validator
 from .bash_reading import (
     DOWNLOADERS,
     WRITE_REDIRECTS,
@@ -170,6 +170,7 @@ def _locations(event: Mapping[str, Any]) -> tuple[str, str]:
     return (posixpath.normpath(cwd) if isinstance(cwd, str) and cwd.startswith("/") else root), root
 
 
+@validator(matcher="Bash")
 def recursive_delete(event: Mapping[str, Any]) -> Verdict:
     """Deny recursive deletes (and recursive chmod/chown) of /, ~, the project, parents or system dirs."""
     command = bash_command(event)
@@ -280,6 +281,8 @@ def _resolve(path: str, cwd: str) -> str | None:
         return None
 
 
+# Reads the filesystem (symlink targets), so its answer is not cached.
+@validator(matcher="Read|Edit|Write|MultiEdit|NotebookEdit|Grep|Bash", cacheable=False)
 def secret_files(event: Mapping[str, Any]) -> Verdict:
     """Deny reading, editing or sending secret files (.env, private keys, credentials)."""
     tool = event.get("tool_name")
@@ -322,6 +325,7 @@ def _downloads(cmds: Iterable[Cmd]) -> bool:
     return any(c.name in DOWNLOADERS for c in walk(cmds))
 
 
+@validator(matcher="Bash")
 def pipe_to_shell(event: Mapping[str, Any]) -> Verdict:
     """Deny running a download unread: ``curl | sh``, ``bash <(curl ...)``, ``sh -c "$(curl ...)"``."""
     command = bash_command(event)
@@ -370,6 +374,8 @@ def _bash_write_targets(cmd: Cmd) -> Iterator[str]:
         yield from operands(cmd.args)
 
 
+# Depends on symlinks and CLAUDE_PROJECT_DIR at call time: never cached.
+@validator(matcher="Write|Edit|MultiEdit|NotebookEdit|Bash", cacheable=False)
 def outside_project(event: Mapping[str, Any]) -> Verdict:
     """Deny file edits outside the project (temp dirs allowed); ask about shell writes there."""
     tool = event.get("tool_name")
@@ -459,6 +465,7 @@ def _resource_findings(cmd: Cmd, limited: set[int]) -> Iterator[tuple[Level, str
         yield "ask", f"`{shown}` reads an endless device with nothing (such as head) to stop it"
 
 
+@validator(matcher="Bash")
 def resource_heavy(event: Mapping[str, Any]) -> Verdict:
     """Deny fork bombs and disk wipes; ask about stress tests, endless loops and shutdowns."""
     command = bash_command(event)
@@ -482,24 +489,5 @@ def resource_heavy(event: Mapping[str, Any]) -> Verdict:
     return _verdict(findings)
 
 
-BUILTIN_PRE: Final[tuple[Validator, ...]] = (
-    Validator("recursive_delete", recursive_delete, matcher="Bash", policy="fail_closed"),
-    # Reads the filesystem (symlink targets), so its answer is not cached.
-    Validator(
-        "secret_files",
-        secret_files,
-        matcher="Read|Edit|Write|MultiEdit|NotebookEdit|Grep|Bash",
-        policy="fail_closed",
-        cacheable=False,
-    ),
-    Validator("pipe_to_shell", pipe_to_shell, matcher="Bash", policy="fail_closed"),
-    # Depends on symlinks and CLAUDE_PROJECT_DIR at call time: never cached.
-    Validator(
-        "outside_project",
-        outside_project,
-        matcher="Write|Edit|MultiEdit|NotebookEdit|Bash",
-        policy="fail_closed",
-        cacheable=False,
-    ),
-    Validator("resource_heavy", resource_heavy, matcher="Bash", policy="fail_closed"),
-)
+# The guards above, marked with @validator, in the order they are defined.
+BUILTIN_PRE: Final[tuple[Validator, ...]] = collect_validators(globals())
