@@ -166,3 +166,15 @@ def http_post(port, body, token, path="/hook"):
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def project_with_hook(project, event, matcher, name, source):
+    """Write .claude/hooks/NAME with source and a settings.json running it for event/matcher; return its command."""
+    hooks_dir = project / ".claude" / "hooks"
+    hooks_dir.mkdir(parents=True, exist_ok=True)
+    (hooks_dir / name).write_text(source)
+    command = f'{sys.executable} "$CLAUDE_PROJECT_DIR"/.claude/hooks/{name}'
+    (project / ".claude" / "settings.json").write_text(
+        json.dumps({"hooks": {event: [{"matcher": matcher, "hooks": [{"type": "command", "command": command}]}]}})
+    )
+    return command

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modules.optimization.installer import install
-from tests.daemon_helpers import OFF, decision, post_event, pre_event, state, wait_for
+from tests.daemon_helpers import OFF, decision, post_event, pre_event, project_with_hook, state, wait_for
 from tests.mounts import fill, read_only, tiny_tmpfs
 
 
@@ -256,13 +256,7 @@ def test_daemon_sigkilled_while_clients_stream_loses_no_event(rt, clients, kills
     spooled lines once each; the killer here strikes after the new daemon's first spool
     ingest, so the figure checked is the in-flight bound.
     """
-    hooks_dir = rt.project / ".claude" / "hooks"
-    hooks_dir.mkdir(parents=True)
-    (hooks_dir / "log_ids.py").write_text(LOGGER)
-    command = f'{sys.executable} "$CLAUDE_PROJECT_DIR"/.claude/hooks/log_ids.py'
-    (rt.project / ".claude" / "settings.json").write_text(
-        json.dumps({"hooks": {"PostToolUse": [{"matcher": "*", "hooks": [{"type": "command", "command": command}]}]}})
-    )
+    project_with_hook(rt.project, "PostToolUse", "*", "log_ids.py", LOGGER)
     install(rt.project, consolidate_hooks=True, say=lambda _: None)
     rt.start()
 

@@ -14,7 +14,7 @@ import pytest
 
 from modules.optimization import wire
 from modules.optimization.installer import install
-from tests.daemon_helpers import HOOKS, http_post, pre_event, wait_for
+from tests.daemon_helpers import HOOKS, http_post, pre_event, project_with_hook, wait_for
 
 OFF = {"CLAUDE_HOOKS_OPTIMIZATION": "off"}  # the client answers in-process, as when no daemon can
 GUARD = """\
@@ -92,13 +92,7 @@ def test_spoiled_settings_keep_every_guard_deciding(rt, spoil, message):
 @pytest.fixture
 def guarded(rt):
     """A project whose own guard hook (.claude/hooks/guard.py) is installed as a stub, daemon running."""
-    hooks = rt.project / ".claude" / "hooks"
-    hooks.mkdir(parents=True)
-    (hooks / "guard.py").write_text(GUARD)
-    command = f'{sys.executable} "$CLAUDE_PROJECT_DIR"/.claude/hooks/guard.py'
-    (rt.project / ".claude" / "settings.json").write_text(
-        json.dumps({"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": command}]}]}})
-    )
+    project_with_hook(rt.project, "PreToolUse", "Bash", "guard.py", GUARD)
     install(rt.project, say=lambda _: None)
     rt.start()
     return rt

@@ -21,7 +21,13 @@ from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
 
 UV = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
-pytestmark = pytest.mark.skipif(not os.access(UV, os.X_OK), reason="uv is a test dependency: pip install -e '.[test]'")
+
+
+@pytest.fixture(autouse=True)
+def _uv_is_installed():
+    """uv is a test dependency: a missing one fails these tests rather than skipping them."""
+    if not os.access(UV, os.X_OK):
+        pytest.fail("uv is a test dependency: pip install -e '.[test]'", pytrace=False)
 EVENT = b'{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "rm -rf /"}}'
 
 INLINE = """\
