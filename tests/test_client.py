@@ -76,6 +76,9 @@ def test_racing_clients_start_exactly_one_daemon(rt):
         results = list(pool.map(lambda _: rt.hook(pre_event(rt.project, "rm -rf /")), range(8)))
     assert all(decision(r) == "deny" for r in results)
     wait_for(rt.status, what="a daemon")
+    # The losers of the lock exit at once, but each may still be starting Python: wait until
+    # only the winner's two processes remain. Two daemons holding the lock would never settle.
+    wait_for(lambda: len(rt.daemons()) == 2, what="the losing daemons to exit")
     [supervisor] = rt.supervisors()
     status = rt.status()
     assert status["pid"] == rt.pid() and status["supervisor"]["pid"] == supervisor
