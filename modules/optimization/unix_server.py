@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from . import wire
 from .protocol import ProtocolError
@@ -44,7 +44,6 @@ class FrameProtocol(asyncio.Protocol):
         self.eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         try:
             _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
@@ -55,7 +54,7 @@ class FrameProtocol(asyncio.Protocol):
             log.warning("refused a peer with uid %d", uid)
             transport.close()
             return
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a uvloop transport is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -383,8 +383,8 @@ def outside_project(event: Mapping[str, Any]) -> Verdict:
     if not isinstance(tool_input, Mapping):
         return PASS
     cwd, root = _locations(event)
-    roots = _allowed_roots(os.path.realpath(root))
     if tool in _WRITE_TOOLS:
+        roots = _allowed_roots(os.path.realpath(root))
         path = _file_path(tool_input)
         if path is None:
             return PASS
@@ -399,11 +399,13 @@ def outside_project(event: Mapping[str, Any]) -> Verdict:
     if command is None:
         return PASS
     findings: list[tuple[Level, str]] = []
+    roots = None  # resolved on the first write target: most commands write none
     for cmd in walk(parse(command)):
         for target in _bash_write_targets(cmd):
             expanded = os.path.expandvars(target)
             if "$" in expanded or expanded in _DEVICES or expanded.startswith("/dev/fd/"):
                 continue  # a variable we cannot know, or a harmless device
+            roots = roots or _allowed_roots(os.path.realpath(root))
             real = _resolve(expanded, cwd)
             if real is not None and not _inside(real, roots):
                 findings.append(("ask", f"`{show(' '.join(cmd.argv))}` writes to `{target}`, outside the project"))
