@@ -1,6 +1,6 @@
 """The daemon's unix socket, frame by frame: a real daemon, real sockets, frames cut anywhere.
 
-FrameProtocol answers what the thin client sends (one frame, one reply) and also several
+The unix server answers what the thin client sends (one frame, one reply) and also several
 frames on one connection, frames arriving a byte at a time, and a client that half-closes
 after its frame; a frame cut short by EOF or a header the parser refuses closes the
 connection without a reply, and the daemon keeps serving others.

@@ -41,7 +41,7 @@ from .logfile import log_to
 from .paths import state_dir, write_private
 from .protocol import MAX_EVENT_BYTES
 from .supervisor import Policy, Supervisor, WorkerContext
-from .unix_server import FrameProtocol
+from .unix_server import UnixServer
 
 __all__ = ["Daemon", "main"]
 
@@ -138,6 +138,7 @@ class Daemon(Dispatcher):
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
         self._servers: list[asyncio.AbstractServer] = []
+        self._unix: UnixServer | None = None
         self._metrics: Any = None
         self._ingest_error = ""
         self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
@@ -280,7 +281,7 @@ class Daemon(Dispatcher):
         own = listeners is None
         if listeners is None:
             listeners = bind_listeners(self.project, self.endpoint)
-        self._servers.append(await loop.create_unix_server(lambda: FrameProtocol(self.answer_frame, SECTION_LIMITS), sock=listeners.unix))
+        self._unix = UnixServer(listeners.unix, self.answer_frame, SECTION_LIMITS)
         http = await asyncio.start_server(lambda r, w: serve_http(self, r, w), sock=listeners.http)
         self._servers.append(http)
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
@@ -298,6 +299,8 @@ class Daemon(Dispatcher):
 
     async def shutdown(self, sock_path: Path | None) -> None:
         """Stop listening, flush observers and the cache, remove runtime files (the socket file if ours)."""
+        if self._unix is not None:
+            self._unix.close()
         for server in self._servers:
             server.close()
         if sock_path is not None:

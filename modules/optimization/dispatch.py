@@ -164,29 +164,30 @@ class Dispatcher:
         if (pid := env.get("CLAUDE_PID", "")).isdigit():
             self.sessions.add(int(pid))
 
-    async def answer_frame(self, reader: asyncio.StreamReader, size: int) -> bytes:
+    async def answer_frame(self, frame: bytes) -> bytes:
+        """The reply to one whole frame (its 4-byte length included) from a thin client."""
+        size = int.from_bytes(frame[:4], "big")
         if size > wire.MAX_HEADER_BYTES:
             raise ProtocolError(f"frame header of {size} bytes")
-        raw_header = await reader.readexactly(size)
+        raw_header = frame[4 : 4 + size]
+        if len(frame) < 4 or len(raw_header) < size:
+            raise ProtocolError("frame cut short in its header")
         try:
             header = json.loads(raw_header)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"unreadable frame header: {exc}") from None
         if not isinstance(header, dict) or header.get("v") != wire.VERSION:
             raise ProtocolError(f"unsupported frame header {raw_header[:200]!r}")
-        lengths: list[int] = []
+        sections: dict[str, bytes] = {}
+        offset = 4 + size
         for name in wire.SECTIONS:
             length = header.get(name, 0)
             if not isinstance(length, int) or not 0 <= length <= SECTION_LIMITS.get(name, 65536):
                 raise ProtocolError(f"frame section {name} of {length!r} bytes")
-            lengths.append(length)
-        # The sections follow one another: one read for all of them, then slices.
-        data = await reader.readexactly(sum(lengths))
-        sections: dict[str, bytes] = {}
-        offset = 0
-        for name, length in zip(wire.SECTIONS, lengths, strict=True):
-            sections[name] = data[offset : offset + length]
+            sections[name] = frame[offset : offset + length]
             offset += length
+        if offset != len(frame):
+            raise ProtocolError(f"frame of {len(frame)} bytes, its header says {offset}")
         for name in ("project", "cwd", "script"):
             if b"\0" in sections[name]:  # a path: the OS would refuse it deeper down, with a ValueError
                 raise ProtocolError(f"frame section {name} holds a NUL byte")
