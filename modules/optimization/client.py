@@ -63,6 +63,7 @@ def ask_daemon(project: str, frame: bytes, timeout_s: float) -> "tuple[int, byte
             if int.from_bytes(cred[4:8], sys.byteorder) != posix.getuid():
                 return None
         sock.sendall(frame)
+        sock.shutdown(_socket.SHUT_WR)  # one frame per connection: the daemon closes after its reply, without waiting for us
         size = int.from_bytes(recv_exactly(sock, 4), "big")
         if size > MAX_HEADER_BYTES:
             return None
