@@ -18,7 +18,9 @@ harness PATH gives: it puts the test interpreter first); native-shim and native-
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); stubs (plain install), consolidate, http.
 Each configuration is also reported above its floor (http above floor-http, the
-others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds.
+others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds;
+HOOKOPT_E2E_ONLY (names, comma-separated) keeps only those configurations besides
+none, the floors and native.
 
   .venv/bin/python -m pytest bench/test_e2e_claude.py --benchmark-enable -s
 """
@@ -53,6 +55,8 @@ ABSOLUTE = Path(os.path.realpath(sys.executable))
 N_CALLS = 20
 BLOCKED = {4, 10}  # exit 2 from block_dangerous, JSON deny from protect_secrets
 GENERATED = ("src/gen_a.py", "src/gen_b.py")
+# HOOKOPT_E2E_ONLY=a,b: only these configurations besides none, the floors and native (for a quicker look).
+ONLY = frozenset(filter(None, os.environ.get("HOOKOPT_E2E_ONLY", "").split(",")))
 ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
 FLOORS = ("floor-command", "floor-http")
 UNHOOKED = ("none", *FLOORS)  # nothing blocks, nothing is logged
@@ -256,12 +260,16 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
     floor_server = FloorServer()
     edit_settings(configs[1].project, floor_hooks({"type": "command", "command": "true"}))
     edit_settings(configs[2].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{floor_server.port}/hook", "timeout": 30}))
-    if "shim" in probes:
+    if not wanted("native-shim"):
+        pass
+    elif "shim" in probes:
         configs.append(Config("native-shim", copy("native-shim")))
         edit_settings(configs[-1].project, with_interpreter(SHIM))
     else:
         notes.append(f"native-shim skipped: no pyenv shim at {SHIM}")
-    if ABSOLUTE.is_file() and os.access(ABSOLUTE, os.X_OK):
+    if not wanted("native-abs"):
+        pass
+    elif ABSOLUTE.is_file() and os.access(ABSOLUTE, os.X_OK):
         configs.append(Config("native-abs", copy("native-abs")))
         edit_settings(configs[-1].project, with_interpreter(ABSOLUTE))
         notes.append(f"native-abs runs {ABSOLUTE} by absolute path")
@@ -276,6 +284,8 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             ("http-observers", {"transport": "http", "observers": ("log_tools.py", "sqlite_logger.py")}),
         )
         for name, options in installs:
+            if not wanted(name):
+                continue
             config = Config(name, copy(name), installed=True)
             configs.append(config)
             install(config.project, say=lambda _: None, **options)
@@ -304,6 +314,10 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 Runtime(runtime_root, config.project).stop()
 
     report(benchmark, configs, interpreters, notes)
+
+
+def wanted(name):
+    return not ONLY or name in ONLY
 
 
 def daemon_latency(status):

@@ -28,7 +28,7 @@ from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .http_transport import http_endpoint
 from .integrated_optimizer import ConfigError, Settings
 from .legacy_runner import LegacyRunner
-from .observers import ObserverHook, ObserverRuns
+from .observers import OBSERVER_NICE, ObserverHook, ObserverRuns
 from .paths import state_dir
 from .performance_monitor import Monitor
 from .pipeline import Pipeline, Stage
@@ -243,7 +243,8 @@ class Dispatcher:
 
         async def one(hook: StackHook) -> HookResult:
             start = time.perf_counter()
-            result = await self.runner.run(hook.command, stdin=raw, env=env, cwd=cwd, timeout_s=hook.timeout_s)
+            nice = OBSERVER_NICE if hook.observer else 0
+            result = await self.runner.run(hook.command, stdin=raw, env=env, cwd=cwd, timeout_s=hook.timeout_s, nice=nice)
             status = "timeout" if result.timed_out else "ok"
             self.monitor.observe_validator(f"hook:{hook.command[-60:]}", time.perf_counter() - start, status)
             return result

@@ -25,7 +25,7 @@ keeps the first).
 Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
   -> {"op":"preload","id":N,"modules":[...]}
   <- {"id":N,"loaded":[...],"failed":[...],"refused":[...],"modules":[...],"env_read":{k:v},"files":{...}}
-  -> {"op":"run","id":N,"script":S,"code_path":C,"argv":[...],"orig_argv":[...],"cwd":D,"env":[[k,v],...]}
+  -> {"op":"run","id":N,"script":S,"code_path":C,"argv":[...],"orig_argv":[...],"cwd":D,"env":[[k,v],...][,"nice":K]}
      with 3 fds (stdin read end, stdout and stderr write ends) as SCM_RIGHTS
   <- {"id":N,"pid":P} at once, then {"id":N,"exit":X} (X < 0: killed by signal -X)
   <- {"op":"spare","pid":P,"gen":G} with 1 fd: a fork waiting for a run frame (as above) on that
@@ -503,6 +503,8 @@ class _Zygote:
         Return the script's code when the zygote compiled this very file already (else None),
         and the (FILE*, filename, is .pyc) the interpreter's own runner needs otherwise.
         """
+        if msg.get("nice"):
+            os.nice(int(msg["nice"]))  # a background run (an observer): the lowest CPU priority
         if _AFFINITY is not None:
             try:
                 os.sched_setaffinity(0, _AFFINITY)  # the script runs with the zygote's own (see _wait_on_cpu)

@@ -162,10 +162,12 @@ class ForkServer:
         cwd: str,
         timeout_s: float,
         module: str | None = None,
+        nice: int = 0,
     ) -> HookResult:
         """Run ``python script argv`` in a fresh fork (code read from code_path); killed on timeout.
 
         module: run ``python -m module argv`` instead (script is then "-m", argv[0] the module).
+        nice: added to the run's niceness (a background run).
         """
         if not self.alive:
             raise ForkServerUnavailable("fork server is not running")
@@ -180,8 +182,10 @@ class ForkServer:
                   "orig_argv": [self.argv0, *self.flags, script, *argv], "cwd": cwd}  # fmt: skip
         if module is not None:
             fields["module"] = module
+        if nice:
+            fields["nice"] = nice
         msg = json.dumps(fields)[:-1] + ', "env": ' + env_json + "}"
-        primed = (script, code_path, tuple(argv), cwd, env_json, module)
+        primed = (script, code_path, tuple(argv), cwd, env_json, module, nice)
         fed, stdin = _prefill(ours[0], stdin)
         ours = (fed, ours[1], ours[2])
         try:

@@ -130,14 +130,15 @@ class LegacyRunner:
     # -- running --------------------------------------------------------------------
 
     async def run(
-        self, command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0
+        self, command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0, nice: int = 0
     ) -> HookResult:
-        """Run one hook command; the result is what `/bin/sh -c command` would have given."""
+        """Run one hook command; the result is what `/bin/sh -c command` would have given.
+        nice: added to the run's niceness (observers run in the background)."""
         plan = self.plan(command, env, cwd)
         if plan.warm:
             deadline = asyncio.get_running_loop().time() + timeout_s
             try:
-                result = await self._run_warm(command, plan, stdin=stdin, env=env, cwd=cwd, deadline=deadline)
+                result = await self._run_warm(command, plan, stdin=stdin, env=env, cwd=cwd, deadline=deadline, nice=nice)
             except Exception as exc:  # the fork server must never fail a hook: spawn instead
                 log.warning("warm run of %s failed before it started, spawning: %r", plan.script, exc)
                 result = None
@@ -146,10 +147,10 @@ class LegacyRunner:
                 return result
             self._counts["fallbacks"] += 1
         self._counts["spawned_runs"] += 1
-        return await spawn(command, stdin=stdin, env=env, cwd=cwd, timeout_s=timeout_s)
+        return await spawn(command, stdin=stdin, env=env, cwd=cwd, timeout_s=timeout_s, nice=nice)
 
     async def _run_warm(
-        self, command: str, plan: Plan, *, stdin: bytes, env: Mapping[str, str], cwd: str, deadline: float
+        self, command: str, plan: Plan, *, stdin: bytes, env: Mapping[str, str], cwd: str, deadline: float, nice: int = 0
     ) -> HookResult | None:
         assert plan.script is not None and plan.code_path is not None
         interp = await self._interpreter(command, plan, env, cwd)
@@ -165,7 +166,7 @@ class LegacyRunner:
             return None  # a module next to the script would shadow one the zygote already holds
         timeout_s = max(0.0, deadline - asyncio.get_running_loop().time())
         result = await server.run(
-            plan.script, plan.code_path, plan.argv, stdin=stdin, env=visible, cwd=cwd, timeout_s=timeout_s, module=plan.module
+            plan.script, plan.code_path, plan.argv, stdin=stdin, env=visible, cwd=cwd, timeout_s=timeout_s, module=plan.module, nice=nice
         )
         if result.exit_code is not None and result.exit_code < 0 and plan.resolver == "uv":
             result = HookResult(128 - result.exit_code, result.stdout, result.stderr)  # uv exits 128+N itself, quietly

@@ -48,12 +48,15 @@ from .async_db import Journal
 from .protocol import HookResult
 
 __all__ = [
-    "LEDGER_NAME", "RUNS_NAME", "ObserverHook", "ObserverRuns", "load_ledger", "lost_output_lines", "marks", "refusal",
+    "LEDGER_NAME", "OBSERVER_NICE", "RUNS_NAME", "ObserverHook", "ObserverRuns", "load_ledger", "lost_output_lines", "marks", "refusal",
     "validate_globs",
 ]
 
 log = logging.getLogger("hookopt.observers")
 
+# Observers run after the answer, while Claude Code goes on: at the lowest CPU priority, so
+# its next steps (and the next event's guards) get the processors first.
+OBSERVER_NICE: Final = 19
 RUNS_NAME: Final = "observer-runs.jsonl"
 DONE_NAME: Final = "observer-runs.done"
 LEDGER_NAME: Final = "observers.json"

@@ -141,8 +141,11 @@ def _close(fds: Iterable[int]) -> None:
             pass
 
 
-async def spawn(command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0) -> HookResult:
-    """Run command as Claude Code does (`/bin/sh -c command`), with LEGACY_ENV set; kill its group on timeout."""
+async def spawn(
+    command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0, nice: int = 0
+) -> HookResult:
+    """Run command as Claude Code does (`/bin/sh -c command`), with LEGACY_ENV set; kill its group on timeout.
+    nice: added to the niceness of its process group (a background run), just after it starts."""
     child, ours = _pipes()
     fed, stdin = _prefill(ours[0], stdin)
     ours = (fed, ours[1], ours[2])
@@ -156,6 +159,11 @@ async def spawn(command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str,
         raise
     finally:
         _close(child)
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PGRP, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+        except OSError:
+            pass  # it has already exited
 
     async def kill() -> None:
         if proc.returncode is None:
