@@ -40,8 +40,9 @@ from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, 
 from .logfile import log_to
 from .paths import state_dir, write_private
 from .protocol import MAX_EVENT_BYTES
+from .stream_server import StreamServer
 from .supervisor import Policy, Supervisor, WorkerContext
-from .unix_server import UnixServer
+from .unix_server import serve_unix
 
 __all__ = ["Daemon", "main"]
 
@@ -137,8 +138,7 @@ class Daemon(Dispatcher):
         self._watched = self._stamps()
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
-        self._servers: list[asyncio.AbstractServer] = []
-        self._unix: UnixServer | None = None
+        self._streams: list[StreamServer] = []
         self._metrics: Any = None
         self._ingest_error = ""
         self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
@@ -281,11 +281,9 @@ class Daemon(Dispatcher):
         own = listeners is None
         if listeners is None:
             listeners = bind_listeners(self.project, self.endpoint)
-        self._unix = UnixServer(listeners.unix, self.answer_frame, SECTION_LIMITS)
-        http = await asyncio.start_server(lambda r, w: serve_http(self, r, w), sock=listeners.http)
-        self._servers.append(http)
+        self._streams = [serve_unix(listeners.unix, self.answer_frame, SECTION_LIMITS), serve_http(self, listeners.http)]
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
-        self.endpoint.update(port=http.sockets[0].getsockname()[1], metrics_port=metrics_port)
+        self.endpoint.update(port=listeners.http.getsockname()[1], metrics_port=metrics_port)
         write_private(self.state / "http.json", json.dumps(self.endpoint))
         self._write_timeout()
         write_private(Path(wire.runtime_path(str(self.project), ".pid")), str(os.getpid()))
@@ -299,9 +297,7 @@ class Daemon(Dispatcher):
 
     async def shutdown(self, sock_path: Path | None) -> None:
         """Stop listening, flush observers and the cache, remove runtime files (the socket file if ours)."""
-        if self._unix is not None:
-            self._unix.close()
-        for server in self._servers:
+        for server in self._streams:
             server.close()
         if sock_path is not None:
             sock_path.unlink(missing_ok=True)

@@ -1,14 +1,16 @@
 """Claude Code's ``type: "http"`` hooks, answered by the daemon on 127.0.0.1.
 
 POST /hook (hookopt's validators) or /hook/stack[/SCOPE] (a consolidated install) with
-the event as JSON and the per-project token header; each response is written in one
-send with TCP_NODELAY (split sends meet Nagle plus delayed ACK: ~40 ms per event).
+the event as JSON and the per-project token header; connections are kept alive (served
+by stream_server.StreamServer); each response is written in one send with TCP_NODELAY
+(split sends meet Nagle plus delayed ACK: ~40 ms per event). A request that cannot be
+framed (no end of head within 64 KiB, a Content-Length that is not a number, EOF
+mid-body) closes the connection without a reply; an oversized one gets 413 and a close.
 An http request carries no environment: hooks behind it run in the daemon's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -21,13 +23,15 @@ from typing import Any, Final, Protocol
 
 from .paths import state_dir, write_private
 from .protocol import MAX_EVENT_BYTES, HookResult, http_reply
+from .stream_server import UNFRAMED, StreamServer
 
-__all__ = ["MAX_HTTP_HEADERS", "TOKEN_HEADER", "http_endpoint", "serve_http"]
+__all__ = ["MAX_HTTP_HEADERS", "MAX_HTTP_HEAD_BYTES", "TOKEN_HEADER", "http_endpoint", "serve_http"]
 
 log = logging.getLogger("hookopt.daemon")
 
 TOKEN_HEADER: Final = "x-hookopt-token"
 MAX_HTTP_HEADERS: Final = 100
+MAX_HTTP_HEAD_BYTES: Final = 65536  # a request line and headers longer than this cannot be framed
 
 
 class Answers(Protocol):
@@ -41,52 +45,71 @@ class Answers(Protocol):
     async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str, scope: str = "project") -> HookResult: ...
 
 
-async def serve_http(daemon: Answers, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Answer Claude Code's http hooks: POST /hook with the event JSON, token header checked."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        while True:
-            request = await reader.readline()
-            if not request:
-                return
-            method, _, rest = request.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0]
-            headers: dict[str, str] = {}
-            for _ in range(MAX_HTTP_HEADERS):
-                line = (await reader.readline()).decode("latin-1").strip()
-                if not line:
-                    break
-                key, _, value = line.partition(":")
-                headers[key.strip().lower()] = value.strip()
-            length = int(headers.get("content-length", "0"))
-            if not 0 <= length <= MAX_EVENT_BYTES:
-                writer.write(_http(413, b"event too large\n", close=True))
-                return
-            body = await reader.readexactly(length)
-            keep = headers.get("connection", "").lower() != "close"
-            token = headers.get(TOKEN_HEADER, "")
-            if not hmac.compare_digest(token.encode(), str(daemon.endpoint["token"]).encode()):
-                response = _http(403, b"bad or missing x-hookopt-token\n", close=not keep)
-            elif method != "POST" or not path.startswith("/hook"):
-                response = _http(404, b"POST /hook with the event as JSON\n", close=not keep)
-            else:
-                if path.startswith("/hook/stack"):
-                    scope = path[len("/hook/stack/"):] or "project"
-                    result = await daemon.dispatch_stack(body, os.environ, str(daemon.project), scope)
-                else:
-                    result = await daemon.dispatch(body)
-                status, payload = http_reply(_event_name(body), result)
-                response = _http(status, payload, close=not keep)
-            # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
-            writer.write(response)
-            await writer.drain()
-            if not keep:
-                return
-    except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
-        log.warning("bad http request: %s", exc)
-    finally:
-        writer.close()
+def serve_http(daemon: Answers, sock: socket.socket) -> StreamServer:
+    """Answer Claude Code's http hooks on the listening socket sock from the running loop."""
+    return StreamServer(sock, _Requests(daemon), admit=_no_delay)
+
+
+def _no_delay(conn: socket.socket) -> bool:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return True
+
+
+class _Requests:
+    """HTTP/1.1 requests, kept alive: POST /hook with the event JSON, token header checked."""
+
+    def __init__(self, daemon: Answers) -> None:
+        self.daemon = daemon
+
+    def size(self, buf: bytearray) -> int | None:
+        end = buf.find(b"\r\n\r\n", 0, MAX_HTTP_HEAD_BYTES)
+        if end < 0:
+            return UNFRAMED if len(buf) >= MAX_HTTP_HEAD_BYTES else None
+        length = _content_length(bytes(buf[:end]))
+        if length is None:
+            return UNFRAMED
+        if not 0 <= length <= MAX_EVENT_BYTES:
+            return end + 4  # answered with 413 at once, the body never read
+        return end + 4 + length
+
+    async def answer(self, request: bytes) -> tuple[bytes, bool]:
+        head, _, body = request.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        path = rest.split(" ", 1)[0]
+        headers: dict[str, str] = {}
+        for line in lines[1 : 1 + MAX_HTTP_HEADERS]:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if not 0 <= int(headers.get("content-length", "0")) <= MAX_EVENT_BYTES:
+            return _http(413, b"event too large\n", close=True), True
+        close = headers.get("connection", "").lower() == "close"
+        token = headers.get(TOKEN_HEADER, "")
+        daemon = self.daemon
+        if not hmac.compare_digest(token.encode(), str(daemon.endpoint["token"]).encode()):
+            return _http(403, b"bad or missing x-hookopt-token\n", close=close), close
+        if method != "POST" or not path.startswith("/hook"):
+            return _http(404, b"POST /hook with the event as JSON\n", close=close), close
+        if path.startswith("/hook/stack"):
+            scope = path[len("/hook/stack/") :] or "project"
+            result = await daemon.dispatch_stack(body, os.environ, str(daemon.project), scope)
+        else:
+            result = await daemon.dispatch(body)
+        status, payload = http_reply(_event_name(body), result)
+        # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
+        return _http(status, payload, close=close), close
+
+
+def _content_length(head: bytes) -> int | None:
+    """The head's Content-Length (0 when absent), None when it is not a number."""
+    for line in head.split(b"\r\n")[1 : 1 + MAX_HTTP_HEADERS]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+    return 0
 
 
 _REASONS: Final = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}

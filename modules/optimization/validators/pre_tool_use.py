@@ -384,14 +384,13 @@ def outside_project(event: Mapping[str, Any]) -> Verdict:
         return PASS
     cwd, root = _locations(event)
     if tool in _WRITE_TOOLS:
-        roots = _allowed_roots(os.path.realpath(root))
         path = _file_path(tool_input)
         if path is None:
             return PASS
         real = _resolve(path, cwd)
         if real is None:
             return Verdict("deny", f"cannot resolve the path `{show(path)}`")
-        if _inside(real, roots):
+        if _inside(real, _allowed_roots(os.path.realpath(root))):
             return PASS
         shown = f"`{path}`" if real == path else f"`{path}` (really `{real}`)"
         return Verdict("deny", f"{shown} is outside the project `{root}`; only files inside it may be changed.")
@@ -399,7 +398,7 @@ def outside_project(event: Mapping[str, Any]) -> Verdict:
     if command is None:
         return PASS
     findings: list[tuple[Level, str]] = []
-    roots = None  # resolved on the first write target: most commands write none
+    roots: list[str] = []  # resolved on the first write target: most commands write none
     for cmd in walk(parse(command)):
         for target in _bash_write_targets(cmd):
             expanded = os.path.expandvars(target)
