@@ -16,7 +16,11 @@ floor-http (one http hook per event, answered at once by a minimal server: one s
 TCP_NODELAY, keep-alive); native as shipped (`python3` is whatever the
 harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
-absolute interpreter behind this venv); stubs (plain install), consolidate, http.
+absolute interpreter behind this venv); stubs (plain install), consolidate, http,
+http-observers (the two loggers marked as observers); and hookopt's own cost with
+hooks that do nothing: http-true (the floor's stack, one `true` per event, served by
+the daemon) and http-noop (the example's stack with every script reduced to reading
+its stdin).
 Each configuration is also reported above its floor (http above floor-http, the
 others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds;
 HOOKOPT_E2E_ONLY (names, comma-separated) keeps only those configurations besides
@@ -59,7 +63,11 @@ GENERATED = ("src/gen_a.py", "src/gen_b.py")
 ONLY = frozenset(filter(None, os.environ.get("HOOKOPT_E2E_ONLY", "").split(",")))
 ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
 FLOORS = ("floor-command", "floor-http")
-UNHOOKED = ("none", *FLOORS)  # nothing blocks, nothing is logged
+UNHOOKED = ("none", *FLOORS)
+# hookopt's own cost, with hooks that do nothing: http-true serves the floor's stack (one
+# `true` per event), http-noop the example's stack with every script reduced to reading stdin.
+TRIVIAL = ("http-true", "http-noop")
+CHECKLESS = (*UNHOOKED, *TRIVIAL)  # nothing blocks, nothing is logged
 
 
 def script(project):
@@ -135,14 +143,14 @@ def session(cli, config, root):
     assert (result.final or {}).get("is_error") is False, (config.name, result.final)
     assert len(result.results) == N_CALLS and sorted(steps) == list(range(N_CALLS + 1)), where
     blocked = {i for i, tool_use_id in enumerate(result.ids) if result.blocked(tool_use_id)}
-    assert blocked == (set() if config.name in UNHOOKED else BLOCKED), (config.name, blocked)
-    if config.name not in UNHOOKED:
+    assert blocked == (set() if config.name in CHECKLESS else BLOCKED), (config.name, blocked)
+    if config.name not in CHECKLESS:
         assert "piping a download into a shell" in result.reason(result.ids[4]), config.name
         assert ".env holds secrets" in result.reason(result.ids[10]), config.name
     failed = [i for i, t in enumerate(result.ids) if i not in blocked and result.results[t].is_error]
     assert not failed, (config.name, [(i, result.results[result.ids[i]].text[:200]) for i in failed])
     assert (config.project / "src" / "gen_a.py").read_text() == "A = 3\n", config.name
-    if config.name not in UNHOOKED:  # the observers saw every call that ran (marked ones just after)
+    if config.name not in CHECKLESS:  # the observers saw every call that ran (marked ones just after)
         log = config.project / ".claude" / "logs" / "tools.jsonl"
         deadline = time.monotonic() + 30
         while (len(log.read_text().splitlines()) if log.exists() else 0) < N_CALLS - len(BLOCKED) and time.monotonic() < deadline:
@@ -282,12 +290,18 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             ("http", {"transport": "http"}),
             # The two loggers answered once journaled and run after the answer (hookopt install --observers).
             ("http-observers", {"transport": "http", "observers": ("log_tools.py", "sqlite_logger.py")}),
+            *((name, {"transport": "http"}) for name in TRIVIAL),
         )
         for name, options in installs:
             if not wanted(name):
                 continue
             config = Config(name, copy(name), installed=True)
             configs.append(config)
+            if name == "http-noop":
+                for hook in (config.project / ".claude" / "hooks").glob("*.py"):
+                    hook.write_text("import sys\nsys.stdin.read()\n")
+            elif name == "http-true":
+                edit_settings(config.project, floor_hooks({"type": "command", "command": "true"}))
             install(config.project, say=lambda _: None, **options)
         for config in configs:  # daemon start and first fork-server imports are one-offs
             if config.installed:
@@ -304,7 +318,8 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         for config in configs:
             if config.installed:
                 status = Runtime(runtime_root, config.project).status()
-                assert status is not None and status["legacy"]["warm_runs"] > 0, config.name  # served warm
+                served = status and status["legacy"]["spawned_runs" if config.name == "http-true" else "warm_runs"]
+                assert served, (config.name, status)  # Python hooks warm; `true` spawned as sh -c
                 config.daemon = daemon_latency(status)
         assert floor_server.requests >= 2 * (N_CALLS - 1) * (ROUNDS if not benchmark.disabled else 1), floor_server.requests
     finally:
@@ -353,8 +368,8 @@ def report(benchmark, configs, interpreters, notes):
     if "shim" in interpreters:
         info["shim_runs"] = interpreters["shim"]
     for name, (session_ms, loop_ms, elapsed) in added.items():
-        ratio = native / loop_ms if name not in UNHOOKED and loop_ms > 0 else None
-        shim_ratio = shim / loop_ms if shim is not None and name not in UNHOOKED and loop_ms > 0 else None
+        ratio = native / loop_ms if name not in CHECKLESS and loop_ms > 0 else None
+        shim_ratio = shim / loop_ms if shim is not None and name not in CHECKLESS and loop_ms > 0 else None
         floor = None if name in UNHOOKED else "floor-http" if name.startswith("http") else "floor-command"
         above = None if floor is None else loop_ms - added[floor][1]
         if above is not None:
