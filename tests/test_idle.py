@@ -80,7 +80,7 @@ def run_with_daemon(project, scenario):
     async def main():
         daemon = Daemon(project, settings, clock=clock)
         served = asyncio.create_task(daemon.serve())
-        while not daemon._servers or not daemon.endpoint.get("port"):
+        while not daemon._streams or not daemon.endpoint.get("port"):
             await asyncio.sleep(0)
         try:
             await scenario(daemon, clock, lambda op: asyncio.get_running_loop().run_in_executor(None, send, daemon, op))

@@ -265,18 +265,22 @@ class Dispatcher:
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
-        note = await self._journal(event)
-        start = time.perf_counter()
-        hooks = self.stacks.select(scope, event)
-        if observers := [ObserverHook(h.command, h.timeout_s) for h in hooks if h.observer]:
-            try:
-                self.observer_runs.submit(event["hook_event_name"], observers, raw, env, cwd)
-            except (OSError, ValueError) as exc:
-                # Not journaled: run them now, as part of the answer, rather than lose them.
-                log.error("observer hooks of a %s event not journaled, run inline: %s", event["hook_event_name"], exc)
-            else:
-                hooks = [h for h in hooks if not h.observer]
-        result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
+        # Journaled while the hooks run (on a pool thread), and done before the answer.
+        journal = None if event["hook_event_name"] in GUARDED_EVENTS else asyncio.ensure_future(self._journal(event))
+        try:
+            start = time.perf_counter()
+            hooks = self.stacks.select(scope, event)
+            if observers := [ObserverHook(h.command, h.timeout_s) for h in hooks if h.observer]:
+                try:
+                    self.observer_runs.submit(event["hook_event_name"], observers, raw, env, cwd)
+                except (OSError, ValueError) as exc:
+                    # Not journaled: run them now, as part of the answer, rather than lose them.
+                    log.error("observer hooks of a %s event not journaled, run inline: %s", event["hook_event_name"], exc)
+                else:
+                    hooks = [h for h in hooks if not h.observer]
+            result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
+        finally:
+            note = b"" if journal is None else await journal
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
 
