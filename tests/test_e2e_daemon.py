@@ -62,9 +62,13 @@ def session_env(rt, **extra):
 
 
 def observed(project):
-    """(event, tool_use_id) of every row in the observer database, in order."""
+    """(event, tool_use_id) of every row in the observer database, in the order they happened.
+
+    seq is the order the daemon recorded them in: an event a client spooled while no
+    daemon answered is recorded when a daemon ingests the spool, which may come after
+    later events; ts is when each happened (the client's clock for a spooled one)."""
     db = sqlite3.connect(project / ".claude" / "hookopt" / "observer.db")
-    rows = db.execute("SELECT event, json_extract(payload, '$.tool_use_id') FROM events ORDER BY seq").fetchall()
+    rows = db.execute("SELECT event, json_extract(payload, '$.tool_use_id') FROM events ORDER BY ts, seq").fetchall()
     db.close()
     return rows
 
