@@ -7,12 +7,17 @@ connection without a reply, and the daemon keeps serving others.
 """
 
 import json
+import os
+import resource
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from modules.optimization import wire
-from tests.daemon_helpers import pre_event
+from tests.daemon_helpers import ROOT, ppid, pre_event, wait_for
 
 
 def _connect(rt):
@@ -71,3 +76,39 @@ def test_a_bad_or_cut_frame_closes_that_connection_only(daemon, garbage):
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(65536) == b""  # no reply, closed
     assert daemon.status() is not None  # and it serves the next client
+
+
+def test_out_of_fds_pauses_accepting_instead_of_spinning_then_serves_again(rt):
+    """At its fd limit the daemon cannot accept: it must pause (not spin on the still-readable
+    listener) and serve again once fds are free."""
+    limit = 80
+    subprocess.Popen(
+        [sys.executable, "-m", "modules.optimization.daemon", "--project", str(rt.project)],
+        env=rt.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )  # fmt: skip
+    wait_for(rt.status, what="the daemon to answer status")
+    worker = rt.pid()
+    assert ppid(worker) in rt.daemons()
+    held = []
+    try:
+        for _ in range(limit):  # idle connections, each holding one of the daemon's fds once accepted
+            held.append(_connect(rt))
+        log = rt.project / ".claude" / "hookopt" / "daemon.log"
+        wait_for(lambda: "cannot accept a client, pausing" in log.read_text(), what="the daemon to hit its fd limit")
+
+        def cpu_s():
+            with open(f"/proc/{worker}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_s()
+        time.sleep(2.0)
+        assert cpu_s() - before < 0.5, "the daemon spins on its listener while out of fds"
+    finally:
+        for sock in held:
+            sock.close()
+    with _connect(rt) as sock:  # served again once the fds are free
+        sock.sendall(_frame(rt, "rm -rf / --no-preserve-root"))
+        assert b'"deny"' in _reply(sock)[1]
+    assert rt.pid() == worker

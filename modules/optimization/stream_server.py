@@ -29,6 +29,7 @@ UNFRAMED: Final = -1  # Framing.size: these bytes can never be a request (close,
 _RECV_BYTES: Final = 1 << 18
 _MAX_AHEAD: Final = 1 << 20  # bytes read past a request still being answered, then we stop reading
 _ACCEPTS_PER_WAKE: Final = 64  # then back to the loop, so one burst cannot starve the rest
+_ACCEPT_RETRY_S: Final = 1.0
 
 
 class Framing(Protocol):
@@ -49,15 +50,21 @@ class StreamServer:
         self.admit = admit  # may refuse a peer, or set socket options
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
+        self.closed = False
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._accept)
 
     def close(self) -> None:
         """Stop accepting and drop every open connection (answers in flight are not sent)."""
+        self.closed = True
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.sock.fileno())
         for connection in list(self.connections):
             connection.close()
+
+    def _resume(self) -> None:
+        if not self.closed and self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _accept(self) -> None:
         for _ in range(_ACCEPTS_PER_WAKE):
@@ -65,8 +72,12 @@ class StreamServer:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of fds, say: the client falls back or retries
-                log.warning("cannot accept a client: %s", exc)
+            except OSError as exc:  # out of fds, say: the clients fall back or retry
+                # The listener stays readable: pause accepting, as asyncio's servers do, or
+                # the loop would spin on it until an fd is free.
+                log.warning("cannot accept a client, pausing %.0f s: %s", _ACCEPT_RETRY_S, exc)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(_ACCEPT_RETRY_S, self._resume)
                 return
             try:
                 admitted = self.admit(conn)
