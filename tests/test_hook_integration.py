@@ -1,3 +1,4 @@
+import asyncio
 import dataclasses
 import io
 import json
@@ -125,6 +126,46 @@ def test_fail_open_validator_that_crashes_is_skipped_and_others_still_decide(pro
     finally:
         engine.close()
     assert outcome.decision == "ask" and outcome.reason == "confirm please"
+
+
+def test_inline_validators_run_on_the_loop_threaded_ones_on_the_pool_and_policies_hold(project):
+    """An inline check runs on the loop's own thread (no hand-off); the others on pool threads.
+    A crashing inline check gets its policy (fail_open: skipped) and counts on its breaker."""
+    ran_on = {}
+
+    def where(name, verdict=PASS):
+        def check(ev):
+            ran_on[name] = threading.get_ident()
+            return verdict
+        return check
+
+    def boom(ev):
+        raise RuntimeError("kaboom")
+
+    validators = [
+        Validator("quick", where("quick", Verdict(context="seen twice")), events=frozenset({"PreToolUse"}), cacheable=False, inline=True),
+        Validator("crash", boom, policy="fail_open", cacheable=False, inline=True),
+        Validator("slow", where("slow"), cacheable=False),
+    ]
+    engine = make_engine(project, validators)
+
+    async def run():
+        loop_thread = threading.get_ident()
+        result = await engine.evaluate_async(event(command="ls", project=project))
+        for _ in range(50):  # its failures count: the breaker opens as for any validator
+            if engine.breakers.state("crash") == "open":
+                break
+            await engine.evaluate_async(event(command="ls", project=project))
+        return loop_thread, result
+
+    try:
+        loop_thread, result = asyncio.run(run())
+        state = engine.breakers.state("crash")
+    finally:
+        engine.close()
+    assert ran_on["quick"] == loop_thread and ran_on["slow"] != loop_thread
+    assert b"seen twice" in result.stdout and result.exit_code == 0  # the crash decided nothing
+    assert state == "open"
 
 
 def test_fail_closed_validator_that_crashes_denies_with_its_error(project):

@@ -237,6 +237,19 @@ class Engine:
                     keys[v.name] = key
             if key and self.monitor:
                 (self.monitor.cache_hit if cached is not None else self.monitor.cache_miss)()
+        # Inline checks run here, on the loop (nothing depends on them, they depend on nothing).
+        needed = {d for v in misses for d in v.depends_on}
+        inline = [v for v in misses if v.inline and not v.isolated and not v.depends_on and v.name not in needed]
+        if inline:
+            misses = [v for v in misses if v not in inline]
+            for v in inline:
+                begin = time.perf_counter()
+                guarded = self.breakers.guarded(v.name, v.policy, functools.partial(v.fn, event))
+                verdicts[v.name] = self._settle(v, TaskResult(v.name, "ok", value=guarded))
+                if self.monitor:
+                    self.monitor.observe_validator(v.name, time.perf_counter() - begin, "ok")
+                if v.name in keys and not guarded.denied and not guarded.skipped:
+                    self.cache.put(keys[v.name], verdicts[v.name].to_json())
         if misses:
             names = {v.name for v in misses}
             specs = [

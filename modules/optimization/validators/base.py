@@ -50,6 +50,9 @@ class Validator:
     depends_on: tuple[str, ...] = ()
     # Run in a worker process under the profile's memory and CPU limits (a heavy or untrusted check).
     isolated: bool = False
+    # Run on the daemon's own loop, without a thread hand-off (which costs more than such a check):
+    # for a quick check of in-memory state only, with no I/O, since nothing can time it out there.
+    inline: bool = False
 
 
 F = TypeVar("F", bound=Callable[[Mapping[str, Any]], Verdict])

@@ -227,6 +227,7 @@ def _observer(name: str, fn: Callable[[Mapping[str, Any]], Verdict]) -> Validato
         policy="fail_open",  # a note is never worth blocking a tool call for
         cacheable=False,  # stateful: the same event means something new each time
         priority=OBSERVER_PRIORITY,
+        inline=True,  # a look at this session's history in memory: no I/O, microseconds
     )
 
 
