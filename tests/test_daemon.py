@@ -205,6 +205,7 @@ def test_adaptive_mode_switches_profile_from_observed_load_and_says_why(tmp_path
             daemon.adapt()
         assert daemon.settings.profile.name == "balanced"
     finally:
+        daemon.journal.close()
         daemon.observers.close()
         daemon.engine.close()
 

@@ -28,6 +28,7 @@ def inproc_daemon(tmp_path, monkeypatch):
     ensure_runtime_dir()
     daemon = Daemon(tmp_path, load_settings(tmp_path))
     yield daemon
+    daemon.journal.close()
     daemon.observers.close()
     daemon.engine.close()
     subprocess.run(["rm", "-rf", str(runtime)], check=False)

@@ -134,11 +134,18 @@ class Journal:
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Write one record durably and return its seq."""
+        return self.append_many([record])[0]
+
+    def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Write records durably, in order, with one fsync for all; return their seqs.
+        All or none: a failed write takes back every line of the call."""
         with self._lock:
-            seq = self._next
-            line = _dumps({"seq": seq, "record": record}).encode() + b"\n"  # raises before any write
+            first = self._next
+            seqs = list(range(first, first + len(records)))
+            lines = (_dumps({"seq": seq, "record": record}).encode() + b"\n" for seq, record in zip(seqs, records, strict=True))
+            data = b"".join(lines)  # raises before any write
             try:
-                view = memoryview(line)
+                view = memoryview(data)
                 while view:
                     view = view[self._fh.write(view) :]
                 if self._fsync:
@@ -147,9 +154,9 @@ class Journal:
                 # A half-written line (disk full) would hide the next append; take it back.
                 os.ftruncate(self._fh.fileno(), self._size)
                 raise
-            self._size += len(line)
-            self._next = seq + 1
-            return seq
+            self._size += len(data)
+            self._next = first + len(records)
+            return seqs
 
     def entries_after(self, seq: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield (seq, record) for every entry above seq, oldest first."""
@@ -314,15 +321,21 @@ class ObserverLog:
 
     def record(self, event: Mapping[str, Any], ts: float | None = None) -> int:
         """Journal one event durably, queue it for SQLite, and return its seq."""
-        record = {"ts": time.time() if ts is None else ts, "event": dict(event)}
+        return self.record_many([event], ts)[0]
+
+    def record_many(self, events: Sequence[Mapping[str, Any]], ts: float | None = None) -> list[int]:
+        """Journal events durably with one fsync (a group commit), queue them, return their seqs."""
+        now = time.time() if ts is None else ts
+        records = [{"ts": now, "event": dict(event)} for event in events]
         # One lock over both steps keeps batcher order equal to journal order, which is
         # what makes the store's last_seq a safe replay and compaction point.
         with self._lock:
             if self._closed:
                 raise RuntimeError("record on a closed ObserverLog")
-            seq = self._journal.append(record)
-            self._batcher.put((seq, record))
-        return seq
+            seqs = self._journal.append_many(records)
+            for seq, record in zip(seqs, records, strict=True):
+                self._batcher.put((seq, record))
+        return seqs
 
     def ingest_spool(self) -> int:
         """Record the events clients spooled while no daemon answered; return how many.

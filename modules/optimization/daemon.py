@@ -52,9 +52,7 @@ EXIT_OK, EXIT_RUNNING, EXIT_CONFIG, EXIT_INSECURE, EXIT_PROJECT_GONE = 0, 0, 3, 
 # Exits a worker chooses: the supervisor ends rather than respawning (5 is its own "gave up").
 FINAL_EXITS: Final = frozenset({EXIT_OK, EXIT_CONFIG, EXIT_INSECURE, EXIT_PROJECT_GONE})
 TOKEN_HEADER: Final = "x-hookopt-token"
-MAX_HTTP_HEADERS: Final = 100
 _TICK_S: Final = 1.0
-_RECORD_TIMEOUT_S: Final = 5.0  # journaling an observer event; a stalled disk must not hold the answer longer
 _SAMPLE_EVERY: Final = 10  # ticks between load samples for the adaptive mode
 _OBSERVER_DRAIN_S: Final = 10.0  # a stop waits this long for queued observer hooks; the rest run at the next start
 _PRUNE_EVERY: Final = 30  # ticks between pruning passes over observer.db (the journal's size is checked every tick)
@@ -309,6 +307,7 @@ class Daemon(Dispatcher):
             log.warning("stopping with %d observer entries not run; the next start runs them", self.observer_runs.stats()["pending"])
         await self.observer_runs.close()
         await self.runner.close()
+        self.journal.close()  # what it has queued is written first
         try:
             self.observers.close()
         except (OSError, sqlite3.Error) as exc:

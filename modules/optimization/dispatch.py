@@ -27,6 +27,7 @@ from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .http_transport import http_endpoint
 from .integrated_optimizer import ConfigError, Settings
+from .journal_writer import JournalWriter
 from .legacy_runner import LegacyRunner
 from .observers import OBSERVER_NICE, ObserverHook, ObserverRuns
 from .paths import state_dir
@@ -93,7 +94,7 @@ class Dispatcher:
         )
         self.observers.ingest_spool()
         self.post = self._post_pipeline()
-        self._record_stage = Pipeline([Stage("record", self._record, timeout_s=_RECORD_TIMEOUT_S)])
+        self.journal = JournalWriter(self.observers)
         self.sessions: set[int] = set()  # Claude Code pids seen; the daemon stays while one lives
         self.events = 0
         self.stop_event = asyncio.Event()
@@ -105,9 +106,6 @@ class Dispatcher:
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
-
-    def _record(self, ctx: dict[str, Any]) -> dict[str, Any]:
-        return {"seq": self.observers.record(ctx["event"])}
 
     async def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
         # On the daemon's own loop: each thread hand-off costs more CPU than the analysis itself.
@@ -125,21 +123,25 @@ class Dispatcher:
 
     async def _journal(self, event: Mapping[str, Any]) -> bytes:
         """The one journaling path: an event that is not a guarded one is journaled before it is
-        answered, so an observer event is never lost. On a pool thread (the engine's of now: a
-        reload replaces it), so a stalled disk costs its timeout, not the loop. Returns the note
-        for the hook's stderr when the event could not be journaled."""
+        answered, so an observer event is never lost. By the journal writer's thread (group
+        commits), so a stalled disk costs its timeout, not the loop. Returns the note for the
+        hook's stderr when the event could not be journaled."""
         if event["hook_event_name"] in GUARDED_EVENTS:
             return b""
-        outcome = await self._record_stage.run_async({"event": event}, executor=self.engine.pool)
-        (stage,) = outcome.results
-        if stage.ok:
-            return b""
-        log.error("%s event not journaled: %s %s", event["hook_event_name"], stage.status, stage.error)
-        self.monitor.fallback(f"record_{stage.status}")
-        if stage.status != "error":
+        try:
+            async with asyncio.timeout(_RECORD_TIMEOUT_S):
+                await self.journal.record(event)
+        except TimeoutError:
+            log.error("%s event not journaled within %.0f s (still being written)", event["hook_event_name"], _RECORD_TIMEOUT_S)
+            self.monitor.fallback("record_timeout")
             return b""  # still being written: slow, not lost
-        # Not journaled (state directory full or read-only): tell the user, never drop it silently.
-        return not_recorded(event, f"cannot journal it in {self.state}: {stage.error}")
+        except Exception as exc:
+            # Not journaled (state directory full or read-only): tell the user, never drop it silently.
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("%s event not journaled: error %s", event["hook_event_name"], error)
+            self.monitor.fallback("record_error")
+            return not_recorded(event, f"cannot journal it in {self.state}: {error}")
+        return b""
 
     async def dispatch(self, raw: bytes, env: Mapping[str, str] | None = None) -> HookResult:
         """Evaluate one raw event with hookopt's validators: guards at once; observers journaled first."""
