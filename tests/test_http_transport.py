@@ -61,16 +61,11 @@ def test_http_hostile_requests_are_refused_and_the_daemon_keeps_serving(rt):
         conn.sendall(request([f"Content-Length: {len(body)}", "Connection: close"], body))
         status, _, payload = _read_response(conn)
         assert status == 403 and b"x-hookopt-token" in payload and _closed(conn)
-    # One keep-alive connection: a good request, garbage, a good request again (a refused
-    # request keeps the connection when its framing was clear).
+    # Garbage whose framing is clear is refused with an answer (then a close, as every answer).
     with connect() as conn:
-        conn.sendall(good)
-        assert _read_response(conn)[0] == 200
         conn.sendall(b"\x00\xff\xfe GARBAGE \x01\r\nnot a header\r\n\r\n")
-        assert _read_response(conn)[0] == 403
-        conn.sendall(good)
-        status, _, payload = _read_response(conn)
-        assert status == 200 and json.loads(payload)["hookSpecificOutput"]["permissionDecision"] == "deny"
+        status, headers, _ = _read_response(conn)
+        assert status == 403 and headers["connection"] == "close" and _closed(conn)
     # Garbage that cannot be framed: the server closes without answering.
     for garbage in (b"A" * 200_000, request([f"X-Hookopt-Token: {token}", "Content-Length: twelve"]), good[: len(good) - 10]):
         with connect() as conn:
@@ -99,19 +94,22 @@ def test_http_transport_answers_with_the_token_only(rt):
     assert http_post(endpoint["port"], b"{nope", endpoint["token"])[0] == 500
 
 
-def test_http_keep_alive_and_loopback_only(rt):
+def test_http_one_request_per_connection_and_loopback_only(rt):
+    """Never kept alive: a kept-alive connection to a worker that dies fails Claude Code's next
+    request on it, which lets the call through; a fresh one waits for the next worker."""
     rt.start()
     endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
     body = json.dumps(pre_event(rt.project, "rm -rf /")).encode()
     request = (
         f"POST /hook HTTP/1.1\r\nHost: x\r\nX-Hookopt-Token: {endpoint['token']}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nConnection: keep-alive\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn:
-        for _ in range(3):
-            conn.sendall(request)
-            head = conn.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200 OK") and b"keep-alive" in head and b'"deny"' in head
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn:
+            conn.sendall(request + request)  # a second request on the same connection is not answered
+            status, headers, payload = _read_response(conn)
+            assert status == 200 and headers["connection"] == "close" and b'"deny"' in payload
+            assert _closed(conn)
     for port in (endpoint["port"], endpoint["metrics_port"]):
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
         assert listening[3] == f"127.0.0.1:{port}", listening  # the local address column

@@ -1,9 +1,13 @@
 """Claude Code's ``type: "http"`` hooks, answered by the daemon on 127.0.0.1.
 
 POST /hook (hookopt's validators) or /hook/stack[/SCOPE] (a consolidated install) with
-the event as JSON and the per-project token header; connections are kept alive (served
-by stream_server.StreamServer); each response is written in one send with TCP_NODELAY
-(split sends meet Nagle plus delayed ACK: ~40 ms per event). A request that cannot be
+the event as JSON and the per-project token header (served by stream_server.StreamServer);
+each response is written in one send with TCP_NODELAY (split sends meet Nagle plus
+delayed ACK: ~40 ms per event). Connections are never kept alive: when a worker dies
+(the supervisor restarts it), Claude Code's next request on a kept-alive connection to
+it would fail, which Claude Code takes as a non-blocking error and lets the tool call
+through; a fresh connection waits in the listen backlog the supervisor keeps open until
+the next worker answers it (about 0.2-0.5 ms more per event, measured). A request that cannot be
 framed (no end of head within 64 KiB, a Content-Length that is not a number, EOF
 mid-body) closes the connection without a reply; an oversized one gets 413 and a close.
 An http request carries no environment: hooks behind it run in the daemon's.
@@ -56,7 +60,7 @@ def _no_delay(conn: socket.socket) -> bool:
 
 
 class _Requests:
-    """HTTP/1.1 requests, kept alive: POST /hook with the event JSON, token header checked."""
+    """HTTP/1.1 requests, one per connection: POST /hook with the event JSON, token header checked."""
 
     def __init__(self, daemon: Answers) -> None:
         self.daemon = daemon
@@ -82,14 +86,13 @@ class _Requests:
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
         if not 0 <= int(headers.get("content-length", "0")) <= MAX_EVENT_BYTES:
-            return _http(413, b"event too large\n", close=True), True
-        close = headers.get("connection", "").lower() == "close"
+            return _http(413, b"event too large\n"), True
         token = headers.get(TOKEN_HEADER, "")
         daemon = self.daemon
         if not hmac.compare_digest(token.encode(), str(daemon.endpoint["token"]).encode()):
-            return _http(403, b"bad or missing x-hookopt-token\n", close=close), close
+            return _http(403, b"bad or missing x-hookopt-token\n"), True
         if method != "POST" or not path.startswith("/hook"):
-            return _http(404, b"POST /hook with the event as JSON\n", close=close), close
+            return _http(404, b"POST /hook with the event as JSON\n"), True
         if path.startswith("/hook/stack"):
             scope = path[len("/hook/stack/") :] or "project"
             result = await daemon.dispatch_stack(body, os.environ, str(daemon.project), scope)
@@ -97,7 +100,7 @@ class _Requests:
             result = await daemon.dispatch(body)
         status, payload = http_reply(_event_name(body), result)
         # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
-        return _http(status, payload, close=close), close
+        return _http(status, payload), True  # never kept alive: see the module's docstring
 
 
 def _content_length(head: bytes) -> int | None:
@@ -115,12 +118,12 @@ def _content_length(head: bytes) -> int | None:
 _REASONS: Final = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
-def _http(status: int, body: bytes, *, close: bool) -> bytes:
+def _http(status: int, body: bytes) -> bytes:
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: {'application/json' if body.startswith(b'{') else 'text/plain; charset=utf-8'}\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        "Connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
 
