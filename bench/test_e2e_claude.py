@@ -16,7 +16,10 @@ floor-http (one http hook per event, answered at once by a minimal server: one s
 TCP_NODELAY, keep-alive); native as shipped (`python3` is whatever the
 harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
-absolute interpreter behind this venv); stubs (plain install), consolidate, http,
+absolute interpreter behind this venv); uv-native and uv-consolidate (every script
+given PEP 723 inline metadata and run with `uv run --script`, natively, consolidated
+and through http: the uv figures are native's overhead over each install's, target >= 3x);
+stubs (plain install), consolidate, http,
 http-observers (the two loggers marked as observers); and hookopt's own cost with
 hooks that do nothing: http-true (the floor's stack, one `true` per event, served by
 the daemon) and http-noop (the example's stack with every script reduced to reading
@@ -56,6 +59,9 @@ PYENV_ROOT = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 SHIM = PYENV_ROOT / "shims" / "python3"
 # The interpreter behind this venv, by absolute path: no shim, no venv.
 ABSOLUTE = Path(os.path.realpath(sys.executable))
+UV = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+PEP723 = '# /// script\n# requires-python = ">=3.8"\n# dependencies = []\n# ///\n'
+
 N_CALLS = 20
 BLOCKED = {4, 10}  # exit 2 from block_dangerous, JSON deny from protect_secrets
 GENERATED = ("src/gen_a.py", "src/gen_b.py")
@@ -115,9 +121,21 @@ def with_interpreter(python):
     return change
 
 
+def as_uv_scripts(project):
+    """The stack as uv users write it: each script with PEP 723 inline metadata, run with `uv run --script`."""
+    for script in (project / ".claude" / "hooks").glob("*.py"):
+        first, _, rest = script.read_text().partition("\n")
+        script.write_text(first + "\n" + PEP723 + rest if first.startswith("#!") else PEP723 + first + "\n" + rest)
+    edit_settings(project, with_interpreter(f"{UV} run --script"))
+
+
 class Config:
     def __init__(self, name, project, installed=False):
         self.name, self.project, self.installed = name, project, installed
+        # One HOME for all of a configuration's sessions, as a user has: what keys on it (user
+        # site, uv's script environments, the daemon's warm interpreters) stays put between them.
+        self.home = project.with_name(project.name + "-home")
+        self.home.mkdir(exist_ok=True)
         self.sessions = []  # (elapsed_s, loop_s) per timed session
         self.daemon = None  # the daemon's own p50 per event and per hook, from its status
 
@@ -135,7 +153,7 @@ def session(cli, config, root):
     steps = {}
     calls = script(config.project)
     result = run_session(
-        cli, config.project, calls, env={"HOOKOPT_RUNTIME_DIR": str(root)}, timeout=300,
+        cli, config.project, calls, env={"HOOKOPT_RUNTIME_DIR": str(root)}, home=config.home, timeout=300,
         on_step=lambda step: steps.setdefault(step, time.monotonic()),
     )
     where = f"{config.name}: {result.stderr[-2000:]}"
@@ -283,6 +301,9 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         notes.append(f"native-abs runs {ABSOLUTE} by absolute path")
     else:
         notes.append(f"native-abs skipped: {ABSOLUTE} is not an executable file")
+    if wanted("uv-native"):  # the same stack launched through uv, natively and consolidated
+        configs.append(Config("uv-native", copy("uv-native")))
+        as_uv_scripts(configs[-1].project)
     try:
         installs = (
             ("stubs", {}),
@@ -291,6 +312,8 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             # The two loggers answered once journaled and run after the answer (hookopt install --observers).
             ("http-observers", {"transport": "http", "observers": ("log_tools.py", "sqlite_logger.py")}),
             *((name, {"transport": "http"}) for name in TRIVIAL),
+            ("uv-consolidate", {"consolidate_hooks": True}),
+            ("uv-http", {"transport": "http"}),
         )
         for name, options in installs:
             if not wanted(name):
@@ -302,9 +325,11 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                     hook.write_text("import sys\nsys.stdin.read()\n")
             elif name == "http-true":
                 edit_settings(config.project, floor_hooks({"type": "command", "command": "true"}))
+            elif name.startswith("uv-"):
+                as_uv_scripts(config.project)
             install(config.project, say=lambda _: None, **options)
-        for config in configs:  # daemon start and first fork-server imports are one-offs
-            if config.installed:
+        for config in configs:  # daemon start, first fork-server imports and uv's environments are one-offs
+            if config.installed or config.name == "uv-native":
                 session(claude_cli, config, runtime_root)
         rounds = []
 
@@ -363,19 +388,19 @@ def report(benchmark, configs, interpreters, notes):
         )
     native = added["native"][1]
     shim = added.get("native-shim", (None, None))[1]
-    lines = [f"{'config':<13} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'above floor':>12} {'native/this':>12} {'shim/this':>10}"]
+    lines = [f"{'config':<15} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'above floor':>12} {'native/this':>12} {'shim/this':>10}"]
     info = {"rounds": len(base.sessions), "calls": N_CALLS, "python3_in_harness": interpreters.get("python3")}
     if "shim" in interpreters:
         info["shim_runs"] = interpreters["shim"]
     for name, (session_ms, loop_ms, elapsed) in added.items():
         ratio = native / loop_ms if name not in CHECKLESS and loop_ms > 0 else None
         shim_ratio = shim / loop_ms if shim is not None and name not in CHECKLESS and loop_ms > 0 else None
-        floor = None if name in UNHOOKED else "floor-http" if name.startswith("http") else "floor-command"
+        floor = None if name in UNHOOKED else "floor-http" if name.startswith("http") or name.endswith("-http") else "floor-command"
         above = None if floor is None else loop_ms - added[floor][1]
         if above is not None:
             info[f"{name}_above_{floor.replace('-', '_')}_ms_per_call"] = round(above, 2)
         lines.append(
-            f"{name:<13} {elapsed:>9.2f} {session_ms:>9.1f} {loop_ms:>14.1f} {'' if above is None else f'{above:+.1f}':>12} "
+            f"{name:<15} {elapsed:>9.2f} {session_ms:>9.1f} {loop_ms:>14.1f} {'' if above is None else f'{above:+.1f}':>12} "
             f"{'' if ratio is None else f'{ratio:.1f}x':>12} {'' if shim_ratio is None else f'{shim_ratio:.1f}x':>10}"
         )
         info[f"{name}_session_s"] = round(elapsed, 3)
@@ -383,6 +408,14 @@ def report(benchmark, configs, interpreters, notes):
         info[f"{name}_added_ms_per_call_loop"] = round(loop_ms, 2)
         if ratio is not None:
             info[f"{name}_native_ratio"] = round(ratio, 2)
+    for name in ("uv-consolidate", "uv-http"):
+        if "uv-native" in added and name in added and added[name][1] > 0:
+            uv_ratio = added["uv-native"][1] / added[name][1]
+            info[f"uv_native_over_{name.replace('-', '_')}"] = round(uv_ratio, 2)
+            notes.append(
+                f"uv stack ({UV} run --script, PEP 723): natively +{added['uv-native'][1]:.1f} ms per call, "
+                f"{name} +{added[name][1]:.1f}: {uv_ratio:.1f}x less overhead (target >= 3x)"
+            )
     for config in configs:
         if config.daemon:
             info[f"{config.name}_daemon_p50_ms"] = config.daemon

@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from modules.optimization.forkserver_client import ForkServer
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
@@ -137,3 +139,32 @@ def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -
     assert loaded == ["json"]
     assert result == HookResult(5, b"['a'] True\n", b"")
 
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two processors to spread spares over")
+def test_zygotes_spread_their_first_spares_over_the_processors(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """Each zygote's spares try a different processor first (the runner gives each new zygote
+    the next one): two hooks of one event in two zygotes (uv gives each PEP 723 script its own
+    interpreter) would otherwise both wait on the first processor and run one after the other."""
+    cpus = sorted(os.sched_getaffinity(0))
+
+    async def first_spares() -> list[set[int]]:
+        servers = [ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path), cpu_first=i) for i in range(2)]
+        try:
+            for server in servers:
+                await server.start()
+                await server.preload(["json"])
+            pinned = []
+            for server in servers:
+                for _ in range(500):
+                    if server._spares:
+                        break
+                    await asyncio.sleep(0.01)
+                pid = server._spares[0][0]
+                pinned.append(os.sched_getaffinity(pid))
+            return pinned
+        finally:
+            for server in servers:
+                await server.close()
+
+    assert loop.run_until_complete(first_spares()) == [{cpus[0]}, {cpus[1]}]

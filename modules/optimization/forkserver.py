@@ -1,8 +1,9 @@
 """The fork server ("zygote") that runs users' legacy Python hook scripts warm.
 
-Started by the USER'S interpreter as ``<python> [flags] forkserver.py FD [EXITS]`` with
+Started by the USER'S interpreter as ``<python> [flags] forkserver.py FD [EXITS|- [CPU]]`` with
 the daemon's end of a unix socketpair at fd FD (and the abstract name, without its
-leading NUL, of the daemon's datagram socket for exit reports), so it is standard-library only and runs
+leading NUL, of the daemon's datagram socket for exit reports; and the processor its
+spares try first), so it is standard-library only and runs
 on Python 3.8+. It imports what the hooks import once, then forks per event; each
 child turns itself into what ``python [flags] script.py args`` would have been (fds,
 cwd, environment, argv, sys.path[0], stdio, a fresh ``__main__``) and runs the file
@@ -110,6 +111,7 @@ _MAX_SPARES = 4  # at most this many forks wait for work (one per hook an event 
 # from the daemon answering the event they belong to.
 _REFILL_IDLE_MS = 2
 _EXITS_ADDR = None  # the daemon's exit-report socket (bytes, abstract namespace), from our argv
+_CPU_FIRST = 0  # which processor our spares try first (the daemon gives each zygote the next one), from our argv
 # The stdio a fresh interpreter builds for non-tty fds: (encoding, errors, line_buffering,
 # write_through, buffered). Our own fds 0-2 are pipes or /dev/null now, so ours match.
 _STDIO = [
@@ -341,8 +343,11 @@ class _Zygote:
             _precompile(*self.to_compile.popitem()[0])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The processor fewest waiting spares are pinned to (see _wait_on_cpu).
+        # Ties go to _CPU_FIRST, then on round: another zygote's hooks of the same event
+        # (uv gives each script an interpreter, so a zygote of its own) wait elsewhere.
         waiting = [self.spare_cpu.get(p) for p in self.spares]
-        cpu = min(_CPUS, key=waiting.count) if _CPUS else -1
+        turn = _CPU_FIRST % len(_CPUS) if _CPUS else 0
+        cpu = min(_CPUS[turn:] + _CPUS[:turn], key=waiting.count) if _CPUS else -1
         gc.freeze()  # as for a direct fork (see handle)
         pid = os.fork()
         if pid == 0:
@@ -571,8 +576,10 @@ if __name__ == "__main__":
     os.dup2(_devnull, 1)
     os.dup2(_devnull, 2)
     os.close(_devnull)
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and sys.argv[2] != "-":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
+    if len(sys.argv) > 3:
+        _CPU_FIRST = int(sys.argv[3])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
     _module = _job.get("module")

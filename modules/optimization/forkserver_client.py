@@ -51,8 +51,10 @@ class ForkServer:
         cwd: str = "/",
         argv0: str | None = None,
         start_timeout_s: float = _START_TIMEOUT_S,
+        cpu_first: int = 0,
     ) -> None:
         self.executable = executable  # becomes sys.executable: pass it exactly as python would report it
+        self.cpu_first = cpu_first  # the processor its spares try first (see forkserver.fork_spare)
         self.flags = tuple(flags)
         self.env = dict(env)
         self.cwd = cwd
@@ -103,7 +105,7 @@ class ForkServer:
             asyncio.get_running_loop().add_reader(self._exits.fileno(), self._read_exits)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()), *exits_name,
+                self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()), *(exits_name or ("-",)), str(self.cpu_first),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
             )  # fmt: skip
