@@ -32,18 +32,10 @@ def _frame(rt, command):
 
 
 def _reply(sock):
-    data = b""
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before a reply header"
-        data += chunk
-    size = int.from_bytes(data[:4], "big")
-    code, out_len, err_len = wire.parse_reply_header(data[4 : 4 + size])
-    body = data[4 + size :]
-    while len(body) < out_len + err_len:
-        chunk = sock.recv(65536)
-        assert chunk
-        body += chunk
+    """One reply, read exactly: a second reply may already be in the socket behind it."""
+    header = wire.recv_exactly(sock, int.from_bytes(wire.recv_exactly(sock, 4), "big"))
+    code, out_len, err_len = wire.parse_reply_header(header)
+    body = wire.recv_exactly(sock, out_len + err_len)
     return code, body[:out_len], body[out_len:]
 
 
