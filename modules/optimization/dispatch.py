@@ -267,7 +267,7 @@ class Dispatcher:
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
-        # Journaled while the hooks run (on a pool thread), and done before the answer.
+        # Journaled while the hooks run (by the journal writer's thread), and done before the answer.
         journal = None if event["hook_event_name"] in GUARDED_EVENTS else asyncio.ensure_future(self._journal(event))
         try:
             start = time.perf_counter()

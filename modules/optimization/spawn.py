@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import asyncio
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -21,6 +22,8 @@ from .wire import LEGACY_ENV  # set when spawning, so a stub runs its original i
 __all__ = ["SH", "spawn"]
 
 SH: Final = "/bin/sh"
+# coreutils' nice: it sets the niceness, then execs sh, so the command starts at it (same pid).
+NICE: Final = shutil.which("nice", path="/usr/bin:/bin")
 
 
 # -- pipes -----------------------------------------------------------------------------
@@ -145,13 +148,14 @@ async def spawn(
     command: str, *, stdin: bytes, env: Mapping[str, str], cwd: str, timeout_s: float = 600.0, nice: int = 0
 ) -> HookResult:
     """Run command as Claude Code does (`/bin/sh -c command`), with LEGACY_ENV set; kill its group on timeout.
-    nice: added to the niceness of its process group (a background run), just after it starts."""
+    nice: added to its niceness (a background run; without a `nice` program it runs at ours)."""
     child, ours = _pipes()
     fed, stdin = _prefill(ours[0], stdin)
     ours = (fed, ours[1], ours[2])
+    niced = [NICE, "-n", str(nice)] if nice and NICE else []
     try:
         proc = await asyncio.create_subprocess_exec(
-            SH, "-c", command, stdin=child[0], stdout=child[1], stderr=child[2],
+            *niced, SH, "-c", command, stdin=child[0], stdout=child[1], stderr=child[2],
             env={**env, LEGACY_ENV: "1"}, cwd=cwd, start_new_session=True,
         )  # fmt: skip
     except BaseException:
@@ -159,11 +163,6 @@ async def spawn(
         raise
     finally:
         _close(child)
-    if nice:
-        try:
-            os.setpriority(os.PRIO_PGRP, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
-        except OSError:
-            pass  # it has already exited
 
     async def kill() -> None:
         if proc.returncode is None:
