@@ -37,6 +37,9 @@ if MYPY:  # for the type checker only: importing typing would cost every tool ca
 
     Reply = tuple[int, bytes, bytes]
 
+ASKED_ENV = b"HOOKOPT_CLIENT_ASKED"
+
+
 def _timeout_s(project: str) -> float:
     try:
         fd = posix.open(runtime_path(project, ".timeout"), posix.O_RDONLY)
@@ -132,9 +135,15 @@ def _enabled(project: str) -> bool:
 def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: bytes) -> int:
     """Read the event, ask the daemon with op, else start it and call fallback_fn(raw, project)."""
     raw = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+    # The native client (hooks/client.c) hands over after it asked the daemon in vain: do not ask twice.
+    asked = posix.environ.pop(ASKED_ENV, None) is not None
+    if asked:
+        posix.unsetenv(ASKED_ENV)  # nor pass it on to the hooks
     project = project_of(posix.environ)
     reply = None
-    if len(raw) <= MAX_EVENT_BYTES and _enabled(project):
+    if asked:
+        start_daemon(project)
+    elif len(raw) <= MAX_EVENT_BYTES and _enabled(project):
         frame = encode_request(
             op,
             project=project.encode("utf-8", "surrogateescape"),

@@ -23,15 +23,17 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from . import client, wire
+from . import client, native_client, wire
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
 from .manifest import STUB_TEMPLATE, is_stub, load_manifest_at
+from .native_client import ClientChoice, NativeClientError
 from .observers import marks, refusal, validate_globs
 from .paths import state_dir
 from .protocol import matcher_matches
@@ -240,7 +242,8 @@ def _quote(path: Path | str) -> str:
 
 
 def _client_hook(
-    event: str, transport: Transport, python: str, endpoint: Mapping[str, Any], timeout: float, scope_name: ScopeName = "project"
+    event: str, transport: Transport, python: str, endpoint: Mapping[str, Any], timeout: float, scope_name: ScopeName = "project",
+    native: Path | None = None,
 ) -> dict[str, Any]:
     # Each scope's client names its scope, so the daemon serves it only that scope's hooks
     # (and Claude Code, which runs an identical command once, runs every scope's client).
@@ -253,17 +256,18 @@ def _client_hook(
             "headers": {"X-Hookopt-Token": endpoint["token"]},
             "timeout": timeout,
         }
-    argument = "" if scope_name == "project" else f" {scope_name}"
-    return {"type": "command", "command": f"{_quote(python)} -S {_quote(HOOKS_DIR / 'stack.py')}{argument}", "timeout": timeout}
+    python_argv = [python, "-S", str(HOOKS_DIR / "stack.py")] + ([] if scope_name == "project" else [scope_name])
+    return {"type": "command", "command": native_client.command(native, "stack", scope_name, python_argv), "timeout": timeout}
 
 
 def consolidate(
     hooks: Mapping[str, Any], transport: Transport, python: str, endpoint: Mapping[str, Any], scope_name: ScopeName = "project",
-    observers: Sequence[str] = (),
+    observers: Sequence[str] = (), native: Path | None = None,
 ) -> dict[str, Any]:
     """The hooks block with every hook we reproduce exactly behind one client per event.
 
     Hooks left to Claude Code (see ``left_hooks``) stay where they are, byte for byte.
+    native is the native client's path when the install has one (see native_client.py).
     """
     new: dict[str, Any] = {}
     events = list(hooks) + (["SessionStart"] if transport == "http" and "SessionStart" not in hooks else [])
@@ -281,11 +285,11 @@ def consolidate(
         if matchers:
             group = {"matcher": union_matcher(matchers)} if has_matcher else {}
             # The client waits for the slowest hook, plus a moment for the round trip.
-            group["hooks"] = [_client_hook(event, transport, python, endpoint, max(timeouts) + 5, scope_name)]
+            group["hooks"] = [_client_hook(event, transport, python, endpoint, max(timeouts) + 5, scope_name, native)]
             kept.insert(0, group)
         elif event == "SessionStart" and transport == "http":
             # A command hook that only brings the daemon up (it answers SessionStart with nothing).
-            kept.insert(0, {"hooks": [_client_hook(event, "command", python, endpoint, 65.0, scope_name)]})
+            kept.insert(0, {"hooks": [_client_hook(event, "command", python, endpoint, 65.0, scope_name, native)]})
         new[event] = kept
     return new
 
@@ -375,12 +379,15 @@ def install(
     scope_name: str = "project",
     home: Path | None = None,
     python: str = sys.executable,
+    client: ClientChoice = "auto",
     say: Callable[[str], None] = print,
 ) -> bool:
     """Install over one scope's hooks; return False when it was already installed (nothing changed).
 
     project is the project the command runs for (the user scope applies to every project);
-    home is where the user scope lives (default: the home directory).
+    home is where the user scope lives (default: the home directory). client picks the
+    consolidated install's thin client: native (built here, see native_client.py), python,
+    or auto (native when it builds, else python).
     """
     project = project.resolve()
     where = _scope(scope_name, project, home)
@@ -412,8 +419,38 @@ def install(
             f"{' (consolidated)' if existing.get('consolidate') else ''}; run `hookopt uninstall` first"
             " (or `hookopt profile NAME` to change only the profile)"
         )
+    if client not in native_client.CHOICES:
+        raise InstallError(f"unknown client {client!r}; choose one of {', '.join(native_client.CHOICES)}")
+    if client == "native" and not consolidate_hooks:
+        raise InstallError("--client native is the consolidated install's client (add --consolidate); nothing changed")
     plan = _plan(where, project, python, stubs=not consolidate_hooks)
     marked = check_observers(plan.settings.get("hooks") or {}, globs)
+    with tempfile.TemporaryDirectory(prefix="hookopt-client-") as tmp:
+        built = _build_client(Path(tmp), client, consolidate_hooks, say)
+        return _install_planned(
+            plan, where, project, profile, transport, consolidate_hooks, globs, marked, python, built, say
+        )
+
+
+def _build_client(tmp: Path, client: ClientChoice, consolidate_hooks: bool, say: Callable[[str], None]) -> Path | None:
+    """The native client built in tmp, or None when the install keeps the Python client."""
+    if not consolidate_hooks or client == "python":
+        return None
+    try:
+        native_client.build(tmp / "hookopt-client")
+    except NativeClientError as exc:
+        if client == "native":
+            raise InstallError(f"{exc}; nothing changed") from None
+        say(f"note: {exc}, so the thin client runs in Python (about 10 ms more per event; see `hookopt install --help`)")
+        return None
+    return tmp / "hookopt-client"
+
+
+def _install_planned(
+    plan: Plan, where: Scope, project: Path, profile: str | None, transport: Transport, consolidate_hooks: bool,
+    globs: list[str], marked: list[str], python: str, built: Path | None, say: Callable[[str], None],
+) -> bool:
+    native = native_client.client_path(where.state, where.name) if built is not None else None
 
     def build_settings() -> bytes:
         settings = json.loads(json.dumps(plan.settings))
@@ -421,7 +458,7 @@ def install(
             settings["optimization"] = {**(settings.get("optimization") or {}), "profile": profile}
         if consolidate_hooks:
             endpoint = _start_daemon_for_http(project) if transport == "http" else {}
-            settings["hooks"] = consolidate(plan.settings.get("hooks") or {}, transport, python, endpoint, where.name, globs)
+            settings["hooks"] = consolidate(plan.settings.get("hooks") or {}, transport, python, endpoint, where.name, globs, native)
         else:
             _rewrite_commands(settings, plan)
         return (json.dumps(settings, indent=2) + "\n").encode()
@@ -431,13 +468,19 @@ def install(
             load_settings(project, {}, project_settings={"optimization": {"profile": profile}} if profile else {})
         except ConfigError as exc:
             raise InstallError(str(exc)) from None
-    _apply(plan, build_settings, {"transport": transport, "consolidate": consolidate_hooks, "profile": profile, "observers": globs})
+    options = {"transport": transport, "consolidate": consolidate_hooks, "profile": profile, "observers": globs}
+    if consolidate_hooks:
+        options["client"] = "native" if native else "python"
+        options["client_sha256"] = native_client.source_sha256() if native else None
+    _apply(plan, build_settings, options, (built, native) if built and native else None)
     if consolidate_hooks:
         for line in left_hooks(plan.settings.get("hooks") or {}, globs):
             say(f"left to Claude Code: {line}")
         for line in marked:
             say(f"observer (runs after the answer; its output no longer reaches Claude): {line}")
-    how = "one client per event, scripts untouched" if consolidate_hooks else f"{len(plan.scripts)} script(s) kept as .original behind stubs"
+    how = f"{len(plan.scripts)} script(s) kept as .original behind stubs"
+    if consolidate_hooks:
+        how = f"one {'native' if native else 'Python'} client per event, scripts untouched"
     say(
         f"hookopt installed in {where.label}: {how}, transport {transport}; "
         f"{where.settings_path.name} backed up to {where.backup_path}"
@@ -459,8 +502,11 @@ def _load_manifest(where: Scope) -> dict[str, Any] | None:
         raise InstallError(str(exc)) from None
 
 
-def _apply(plan: Plan, build_settings: Callable[[], bytes], options: Mapping[str, Any]) -> None:
-    """Back up, swap scripts for stubs, write the manifest and settings; undo all on failure."""
+def _apply(
+    plan: Plan, build_settings: Callable[[], bytes], options: Mapping[str, Any], client_copy: tuple[Path, Path] | None = None
+) -> None:
+    """Back up, swap scripts for stubs, put the native client (built, target) in place, write the
+    manifest and settings; undo all on failure."""
     where = plan.scope
     state = state_dir(where.base)
     manifest_path = where.manifest_path
@@ -488,6 +534,10 @@ def _apply(plan: Plan, build_settings: Callable[[], bytes], options: Mapping[str
         if plan.settings_raw is not None:
             shutil.copy2(plan.settings_path, where.backup_path)
             done.append(functools.partial(where.backup_path.unlink, missing_ok=True))
+        if client_copy is not None:
+            built, target = client_copy
+            shutil.copy2(built, target)
+            done.append(functools.partial(target.unlink, missing_ok=True))
         for script in plan.scripts.values():
             original = script.path.with_name(script.path.name + ".original")
             mode = script.path.lstat().st_mode & 0o7777 if not script.path.is_symlink() else 0o755
@@ -571,6 +621,8 @@ def uninstall(
     elif not manifest.get("settings_existed"):
         settings_path.unlink(missing_ok=True)
     where.manifest_path.unlink()
+    if manifest.get("client") == "native":
+        native_client.client_path(where.state, where.name).unlink(missing_ok=True)
     _remove_state_if_ours(where, manifest.get("claude_dir_existed") is not False)
     say(f"hookopt uninstalled from {where.label}: {len(manifest.get('scripts', []))} script(s) and {settings_path.name} restored")
 
