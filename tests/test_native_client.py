@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from modules.optimization import native_client
+from modules.optimization import cli, native_client
 from modules.optimization.installer import InstallError, install, uninstall
 from tests.conftest import EXAMPLE_PROJECT
 from tests.daemon_helpers import OFF, pre_event, wait_for
@@ -256,3 +256,18 @@ def test_install_client_choices_and_uninstall(example_project, monkeypatch):
     uninstall(project, say=quiet)
     assert not binary.exists() and (project / ".claude" / "settings.json").read_bytes() == before
     assert not (project / ".claude" / "hookopt").exists()
+
+
+def test_status_and_doctor_say_which_client_runs_and_when_the_native_one_is_gone(example_project, capsys):
+    project = example_project
+    install(project, consolidate_hooks=True, client="python", say=quiet)
+    assert cli.main(["doctor", "--project", str(project)]) != 0
+    assert "starts a Python client per event; a native one saves" in capsys.readouterr().out
+    uninstall(project, say=quiet)
+    install(project, consolidate_hooks=True, say=quiet)
+    cli.main(["status", "--project", str(project)])
+    out = capsys.readouterr().out
+    assert "one native client per event" in out and "warning" not in out
+    native_client.client_path(project / ".claude" / "hookopt", "project").unlink()
+    assert cli.main(["doctor", "--project", str(project)]) != 0
+    assert "native client" in (out := capsys.readouterr().out) and "is gone" in out

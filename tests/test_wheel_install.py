@@ -88,6 +88,9 @@ def test_installed_wheel_blocks_what_the_native_hooks_block(method, wheel, nativ
         client = site / "modules" / "optimization" / "shipped" / "hooks" / "stack.py"
         assert str(client) in settings and str(ROOT) not in settings
         assert client.is_file()
+        # The native client, built from the wheel's copy of its source, answers first.
+        assert (site / "modules" / "optimization" / "shipped" / "hooks" / "client.c").is_file()
+        assert f"exec {project}/.claude/hookopt/hookopt-client stack project" in settings
 
         result = run_session(claude_cli, project, calls(project), env={"HOOKOPT_RUNTIME_DIR": str(rt.root)})
         blocked, reasons = outcome(result)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from . import benchmark, client, wire
+from . import benchmark, client, native_client, wire
 from .hook_integration import Engine, run_hook
 from .installer import InstallError, install, matchers_matching_nothing, python_script, uninstall
 from .integrated_optimizer import PROFILE_NAMES, ConfigError, load_settings
@@ -172,6 +172,13 @@ def _observer_findings(project: Path, installs: Mapping[str, Mapping[str, Any] |
     return lost_output_lines(load_ledger(state_dir(project, create=False)))
 
 
+def _client_findings(project: Path, installs: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    found = []
+    for name, manifest in installs.items():
+        found += native_client.findings(manifest, settings_scope(name, project).state, name)
+    return found
+
+
 def cmd_install(
     project: Path, profile: str | None, transport: str, consolidate: bool, scope: str = "project", observers: Sequence[str] = (),
     client: str = "auto",
@@ -227,14 +234,14 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str |
     for name, manifest in installs.items():
         where = settings_scope(name, project).settings_path
         if manifest:
-            kind = "one client per event" if manifest.get("consolidate") else "stubs"
+            kind = f"one {manifest.get('client', 'python')} client per event" if manifest.get("consolidate") else "stubs"
             print(
                 f"installed ({name}, {where}): yes ({kind}, transport {manifest.get('transport')}, "
                 f"{len(manifest.get('scripts', []))} script(s) kept as .original)"
             )
         else:
             print(f"installed ({name}, {where}): no (hookopt install --scope {name} adds it over its hooks)")
-    lost = _observer_findings(project, installs)
+    lost = _observer_findings(project, installs) + _client_findings(project, installs)
     for line in lost:
         print(f"warning: {line}")
     if status is None:
@@ -363,7 +370,8 @@ def cmd_doctor(project: Path) -> int:
                         "which costs tens of milliseconds per call; `hookopt install` writes an absolute interpreter"
                     )
     findings += matchers_matching_nothing({"hooks": hooks_source}, KNOWN_TOOLS)
-    findings += _observer_findings(project, _installs(project, SCOPE_NAMES))
+    installs = _installs(project, SCOPE_NAMES)
+    findings += _observer_findings(project, installs) + _client_findings(project, installs)
     status = _daemon_status(project)
     if status is not None:
         for key, values in status["monitor"].get("latency_ms", {}).items():
