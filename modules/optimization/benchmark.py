@@ -4,7 +4,8 @@ Two throw-away copies of the project are made, so the hooks' own side effects (l
 databases) never touch the real one. Natively, each recorded event runs every
 matching command hook spawned in parallel with ``sh -c``, as Claude Code does.
 Optimized, the copy is installed with ``--consolidate`` and each event is one thin
-client process answered by the warm daemon. Runs alternate event by event so
+client process (the install's own command, native client included, under ``sh -c``)
+answered by the warm daemon. Runs alternate event by event so
 machine drift cancels, and every outcome must be identical.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -85,8 +87,20 @@ def _native(hooks: dict[str, Any], raw: bytes, env: dict[str, str], cwd: Path) -
     return run_spawned(hooks, parse_event(raw), raw, env, str(cwd))
 
 
-def _optimized(raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:
-    proc = subprocess.run([sys.executable, "-S", str(HOOKS_DIR / "stack.py")], input=raw, capture_output=True, env=env, cwd=cwd)
+def _client_commands(project: Path) -> dict[str, str]:
+    """Each event's client command in an installed project's settings (what Claude Code runs)."""
+    hooks = json.loads((project / ".claude" / "settings.json").read_text(encoding="utf-8")).get("hooks") or {}
+    return {
+        event: hook["command"]
+        for event, groups in hooks.items() for group in groups for hook in group.get("hooks", [])
+        if str(HOOKS_DIR / "stack.py") in hook.get("command", "")
+    }
+
+
+def _optimized(command: str | None, raw: bytes, env: dict[str, str], cwd: Path) -> HookResult:
+    """The consolidated client as Claude Code starts it (sh -c, the install's own command)."""
+    argv = ["sh", "-c", command] if command else [sys.executable, "-S", str(HOOKS_DIR / "stack.py")]
+    proc = subprocess.run(argv, input=raw, capture_output=True, env=env, cwd=cwd)
     return HookResult(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -119,6 +133,7 @@ def run_bench(
         native_root = _copy(project, tmp / "native")
         _copy(project, optimized_root.parent)
         install(optimized_root, consolidate_hooks=True, say=lambda _: None)
+        commands = _client_commands(optimized_root)
         # Only events some hook matches run anything, natively or through the consolidated client.
         lines = [line for line in lines if select(hooks, parse_event(line.encode()))]
         result.idle = result.events - len(lines)
@@ -128,9 +143,10 @@ def run_bench(
         for round_no in range(rounds + 1):  # round 0 warms the daemon and its fork servers
             for index, line in enumerate(lines):
                 native_raw, optimized_raw = _rooted(line, native_root), _rooted(line, optimized_root)
-                runs = [
-                    ("native", lambda raw=native_raw: _native(hooks, raw, native_env, native_root)),
-                    ("optimized", lambda raw=optimized_raw: _optimized(raw, optimized_env, optimized_root)),
+                command = commands.get(parse_event(optimized_raw)["hook_event_name"])
+                runs: list[tuple[str, Callable[[], HookResult]]] = [
+                    ("native", functools.partial(_native, hooks, native_raw, native_env, native_root)),
+                    ("optimized", functools.partial(_optimized, command, optimized_raw, optimized_env, optimized_root)),
                 ]
                 if (round_no + index) % 2:
                     runs.reverse()  # alternate who goes first, so drift cancels
