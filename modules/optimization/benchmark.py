@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import client, wire
+from . import client, native_client, wire
 from .installer import HOOKS_DIR, install
+from .paths import state_dir
 from .performance_monitor import nearest_rank
 from .protocol import HookResult, ProtocolError, parse_event
 from .stack import run_spawned, select
@@ -53,6 +54,7 @@ class BenchResult:
     mismatches: list[str] = field(default_factory=list)
     events: int = 0
     idle: int = 0  # recorded events no hook matches: Claude Code starts nothing for them
+    client: str = ""  # the optimized side's thin client, as the install chose it
 
 
 def load_events(path: Path) -> list[str]:
@@ -132,7 +134,13 @@ def run_bench(
     try:
         native_root = _copy(project, tmp / "native")
         _copy(project, optimized_root.parent)
-        install(optimized_root, consolidate_hooks=True, say=lambda _: None)
+        said: list[str] = []
+        install(optimized_root, consolidate_hooks=True, say=said.append)
+        if native_client.client_path(state_dir(optimized_root, create=False), "project").exists():
+            result.client = "native (hooks/client.c, built at install)"
+        else:
+            why = [line.removeprefix("note: ").split(", so ")[0] for line in said if "C compiler" in line]
+            result.client = "Python" + "".join(f" ({reason}; a native one saves about 10 ms per event)" for reason in why)
         commands = _client_commands(optimized_root)
         # Only events some hook matches run anything, natively or through the consolidated client.
         lines = [line for line in lines if select(hooks, parse_event(line.encode()))]
@@ -244,6 +252,8 @@ def report(result: BenchResult, out: TextIO) -> None:
     native_total = sum(sum(v) for v in result.native.values())
     optimized_total = sum(sum(v) for v in result.optimized.values())
     runs = sum(len(v) for v in result.native.values())
+    if result.client:
+        out.write(f"Thin client: {result.client}\n")
     if result.idle:
         out.write(f"({result.idle} of the {result.events} recorded events match no hook, so neither side runs anything for them)\n")
     out.write(
