@@ -13,7 +13,7 @@
    evaluate in-process). When the frame had already been sent, HOOKOPT_CLIENT_ASKED=1
    tells the Python client not to ask and wait a second time.
 
-   Linux only (memfd_create, SO_PEERCRED). Built by the installer: cc -O2. */
+   Linux only (memfd_create, SO_PEERCRED). Built by the installer: cc -O2 -Wall. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -41,40 +41,45 @@ static char **python_argv;
 static char *body;
 static size_t body_len;
 
+/* A file holding the event, at offset 0: a memfd, else an unnamed file in /tmp; -1 if neither. */
+static int replay_fd(void) {
+    int fd = memfd_create("hookopt-event", 0);
+    if (fd < 0) fd = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+    if (fd < 0) return -1;
+    size_t done = 0;
+    while (done < body_len) {
+        ssize_t n = write(fd, body + done, body_len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        done += (size_t)n;
+    }
+    if (done != body_len || lseek(fd, 0, SEEK_SET) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* Become the Python client, the event we read replayed on its stdin. */
 static void hand_over(int asked) {
-    int fd = memfd_create("hookopt-event", 0);
-    if (fd >= 0) {
-        size_t done = 0;
-        while (done < body_len) {
-            ssize_t n = write(fd, body + done, body_len - done);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            done += (size_t)n;
-        }
-        if (done == body_len && lseek(fd, 0, SEEK_SET) == 0 && dup2(fd, 0) == 0) close(fd);
+    int fd = replay_fd();
+    if (fd < 0 || dup2(fd, 0) != 0) {
+        /* The event is read and cannot be passed on: block rather than let the call through. */
+        fprintf(stderr, "hookopt-client: cannot pass the event on to %s: %s\n", python_argv[0], strerror(errno));
+        exit(2);
     }
+    close(fd);
     if (asked) setenv(ASKED_ENV, "1", 1);
     execv(python_argv[0], python_argv);
     fprintf(stderr, "hookopt-client: cannot run %s: %s\n", python_argv[0], strerror(errno));
     exit(2); /* blocking, as python3 exits when it cannot open its script: never fail open */
 }
 
-/* A daemon that closes early must not kill us with SIGPIPE: that would let the call through. */
-static int send_all(int fd, const char *buf, size_t len) {
+/* All of buf to fd; to the socket with MSG_NOSIGNAL: a daemon that closes early must not
+   kill us with SIGPIPE, which would let the call through. */
+static int write_all(int fd, const char *buf, size_t len, int is_socket) {
     while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -1;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int write_all(int fd, const char *buf, size_t len) {
-    while (len) {
-        ssize_t n = write(fd, buf, len);
+        ssize_t n = is_socket ? send(fd, buf, len, MSG_NOSIGNAL) : write(fd, buf, len);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return -1;
         buf += n;
@@ -240,7 +245,7 @@ int main(int argc, char **argv) {
     socklen_t cred_len = sizeof cred;
     /* Only trust a daemon running as us: anyone else could answer "allow". */
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != getuid()) hand_over(0);
-    if (send_all(sock, frame.data, frame.len)) hand_over(1);
+    if (write_all(sock, frame.data, frame.len, 1)) hand_over(1);
     shutdown(sock, SHUT_WR);
 
     unsigned char reply_size[4];
@@ -256,7 +261,7 @@ int main(int argc, char **argv) {
     char *out = malloc((size_t)out_len + (size_t)err_len + 1);
     if (!out || read_exactly(sock, out, (size_t)(out_len + err_len))) hand_over(1);
     close(sock);
-    write_all(1, out, (size_t)out_len);
-    write_all(2, out + out_len, (size_t)err_len);
+    write_all(1, out, (size_t)out_len, 0);
+    write_all(2, out + out_len, (size_t)err_len, 0);
     return (int)code;
 }
