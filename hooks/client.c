@@ -1,17 +1,19 @@
-/* The native thin client: the fast path of hooks/stack.py, without a Python start.
+/* The native thin client: the fast path of the Python thin client, without a Python start.
 
    Usage (as the installer writes it into a settings file):
-     hookopt-client OP ARG PYTHON [PYTHON-ARGS...]
-   e.g.  hookopt-client stack project /abs/python -S /abs/hooks/stack.py
+     hookopt-client stack SCOPE PYTHON -S /abs/hooks/stack.py [SCOPE]   a consolidated event
+     hookopt-client legacy - PYTHON -S SCRIPT [ARGS...]                 one installed stub
 
-   It reads the event on stdin, sends one frame (wire.py's format: OP, ARG as the argv
-   section) to the project's daemon and writes the daemon's answer: stdout, stderr, exit
-   code. Whenever that is not the plain case (no daemon, a daemon of another user, an
-   unsafe runtime directory, optimization switched off, an oversized event, a refusal, a
-   timeout...), it execs PYTHON [PYTHON-ARGS...] with the same environment and the event
-   it read on stdin: the Python client then does what it always does (start the daemon,
-   evaluate in-process). When the frame had already been sent, HOOKOPT_CLIENT_ASKED=1
-   tells the Python client not to ask and wait a second time.
+   It reads the event on stdin, sends one frame (wire.py's format: for stack, SCOPE as the
+   argv section; for legacy, SCRIPT and ARGS as the stub would send them) to the project's
+   daemon and writes the daemon's answer: stdout, stderr, exit code. Whenever that is not
+   the plain case (no daemon, a daemon of another user, an unsafe runtime directory,
+   optimization switched off, an oversized event, a refusal, a timeout...), it execs
+   PYTHON [PYTHON-ARGS...] with the same environment and the event it read on stdin: the
+   Python client then does what it always does (start the daemon, evaluate in-process).
+   When the frame had already been sent, HOOKOPT_CLIENT_ASKED=1 tells the Python client
+   not to ask and wait a second time. A stub run while its original runs (LEGACY_ENV) is
+   exec'd before anything is read: it runs the original itself.
 
    Linux only (memfd_create, SO_PEERCRED). Built by the installer: cc -O2 -Wall. */
 #define _GNU_SOURCE
@@ -34,6 +36,8 @@
 #define MAX_HEADER_BYTES 4096
 #define DEFAULT_TIMEOUT_MS 3000
 #define ASKED_ENV "HOOKOPT_CLIENT_ASKED"
+#define LEGACY_ENV "HOOKOPT_RUNNING_LEGACY" /* wire.LEGACY_ENV */
+#define USAGE "usage: hookopt-client stack SCOPE PYTHON [PYTHON-ARGS...]\n       hookopt-client legacy - PYTHON -S SCRIPT [ARGS...]\n"
 
 extern char **environ;
 
@@ -190,12 +194,18 @@ static long timeout_ms(const char *dir, const char *key) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: hookopt-client OP ARG PYTHON [PYTHON-ARGS...]\n");
+    const char *op = argc > 1 ? argv[1] : "";
+    int legacy = strcmp(op, "legacy") == 0;
+    if (argc < 4 || (!legacy && strcmp(op, "stack") != 0)) {
+        fputs(USAGE, stderr);
         return 2;
     }
-    const char *op = argv[1], *arg = argv[2];
     python_argv = argv + 3;
+    if (legacy && (argc < 6 || strcmp(python_argv[1], "-S") != 0 || getenv(LEGACY_ENV))) {
+        execv(python_argv[0], python_argv); /* the stub itself, stdin untouched */
+        fprintf(stderr, "hookopt-client: cannot run %s: %s\n", python_argv[0], strerror(errno));
+        return 2;
+    }
     if (read_body() < 0 || body_len > MAX_EVENT_BYTES) hand_over(0);
 
     const char *off = getenv("CLAUDE_HOOKS_OPTIMIZATION");
@@ -217,18 +227,23 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/%s.disabled", dir, key);
     if (access(path, F_OK) == 0) hand_over(0);
 
-    struct buf frame = {0}, env = {0};
+    struct buf frame = {0}, env = {0}, args = {0};
     if (environment(&env)) hand_over(0);
-    size_t project_len = strlen(project), cwd_len = strlen(cwd), arg_len = strlen(arg);
+    /* stack: the scope; legacy: the stub's sys.argv[1:], NUL-separated, its sys.argv[0] the script. */
+    const char *script = legacy ? python_argv[2] : "";
+    char **first = legacy ? python_argv + 3 : argv + 2;
+    for (char **a = first; *a && (legacy || a == first); a++)
+        if ((a != first && put(&args, "", 1)) || put(&args, *a, strlen(*a))) hand_over(0);
+    size_t project_len = strlen(project), cwd_len = strlen(cwd), script_len = strlen(script);
     char header[512];
     int header_len = snprintf(header, sizeof header,
-        "{\"v\":%d,\"op\":\"%s\",\"project\":%zu,\"env\":%zu,\"cwd\":%zu,\"script\":0,\"argv\":%zu,\"body\":%zu}",
-        VERSION, op, project_len, env.len, cwd_len, arg_len, body_len);
+        "{\"v\":%d,\"op\":\"%s\",\"project\":%zu,\"env\":%zu,\"cwd\":%zu,\"script\":%zu,\"argv\":%zu,\"body\":%zu}",
+        VERSION, op, project_len, env.len, cwd_len, script_len, args.len, body_len);
     if (header_len <= 0 || header_len >= (int)sizeof header) hand_over(0);
     unsigned char size[4] = {header_len >> 24, header_len >> 16, header_len >> 8, header_len};
     if (put(&frame, size, 4) || put(&frame, header, (size_t)header_len) || put(&frame, project, project_len)
-        || put(&frame, env.data, env.len) || put(&frame, cwd, cwd_len) || put(&frame, arg, arg_len)
-        || put(&frame, body, body_len))
+        || put(&frame, env.data, env.len) || put(&frame, cwd, cwd_len) || put(&frame, script, script_len)
+        || put(&frame, args.data, args.len) || put(&frame, body, body_len))
         hand_over(0);
 
     struct sockaddr_un addr = {.sun_family = AF_UNIX};

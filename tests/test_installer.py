@@ -67,7 +67,9 @@ def test_install_keeps_originals_and_rewrites_only_commands(project):
         assert [g["matcher"] for g in settings["hooks"][event]] == [g["matcher"] for g in groups]
         for new, old in zip(settings["hooks"][event], groups, strict=True):
             for new_hook, old_hook in zip(new["hooks"], old["hooks"], strict=True):
-                assert new_hook["command"] == old_hook["command"].replace("python3 ", f"{sys.executable} -S ", 1)
+                python_form = old_hook["command"].replace("python3 ", f"{sys.executable} -S ", 1)
+                client = project / ".claude" / "hookopt" / "hookopt-client"  # the native client first, then the stub
+                assert new_hook["command"] == f"[ -x {client} ] && exec {client} legacy - {python_form}; exec {python_form}"
                 assert {k: v for k, v in new_hook.items() if k != "command"} == {k: v for k, v in old_hook.items() if k != "command"}
     backup = project / ".claude" / "hookopt" / "settings.json.backup"
     assert backup.read_bytes() == before[".claude/settings.json"][1]
@@ -121,7 +123,7 @@ def test_non_utf8_and_executable_scripts_survive(project):
     settings["hooks"]["Stop"] = [{"hooks": [{"type": "command", "command": '"$CLAUDE_PROJECT_DIR"/.claude/hooks/odd.py'}]}]
     (project / ".claude" / "settings.json").write_text(json.dumps(settings))
     before = snapshot(project)
-    install(project, say=quiet)
+    install(project, client="python", say=quiet)
     assert (project / ".claude/hooks/odd.py.original").read_bytes() == before[".claude/hooks/odd.py"][1]
     new = json.loads((project / ".claude" / "settings.json").read_text())
     assert new["hooks"]["Stop"][0]["hooks"][0]["command"] == f'{sys.executable} -S "$CLAUDE_PROJECT_DIR"/.claude/hooks/odd.py'

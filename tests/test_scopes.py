@@ -233,7 +233,7 @@ def test_cli_scope_help_bad_value_and_status(project, home):
     assert tree(project, home) == before
     assert run_cli("install", "--project", str(project), "--scope", "user", "--consolidate", home=home).returncode == 0
     status = run_cli("status", "--project", str(project), home=home)
-    assert f"installed (user, {home}/.claude/settings.json): yes (one client per event" in status.stdout
+    assert f"installed (user, {home}/.claude/settings.json): yes (one native client per event" in status.stdout
     assert "installed (local, " in status.stdout and "): no" in status.stdout
     only = json.loads(run_cli("status", "--project", str(project), "--scope", "local", "--json", home=home).stdout)
     assert only["installed"] is False and only["scopes"] == {"local": False}

@@ -234,7 +234,8 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str |
     for name, manifest in installs.items():
         where = settings_scope(name, project).settings_path
         if manifest:
-            kind = f"one {manifest.get('client', 'python')} client per event" if manifest.get("consolidate") else "stubs"
+            client_kind = manifest.get("client", "python")
+            kind = f"one {client_kind} client per event" if manifest.get("consolidate") else f"stubs, {client_kind} client"
             print(
                 f"installed ({name}, {where}): yes ({kind}, transport {manifest.get('transport')}, "
                 f"{len(manifest.get('scripts', []))} script(s) kept as .original)"
@@ -494,11 +495,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     inst.add_argument(
         "--client", choices=CLIENT_CHOICES, default="auto",
-        help="the consolidated install's thin client, what Claude Code starts per event: native (built now with "
-        f"the system's C compiler, cc or ${CC_ENV}, into .claude/hookopt/; about 1-2 ms per event instead of a "
-        "Python start's ~10; it hands anything unusual to the Python client, and the settings fall back to the "
-        "Python client if the binary is deleted), python, or auto: native when it builds, else python with a note "
-        "(default: auto)",
+        help="the thin client Claude Code starts per event (consolidated) or per hook and event (stubs): native "
+        f"(built now with the system's C compiler, cc or ${CC_ENV}, into .claude/hookopt/; about 1-2 ms instead of "
+        "a Python start's ~10; it hands anything unusual to the Python client, and the settings fall back to the "
+        "Python client if the binary is deleted; a stub whose command is more than plain words keeps the Python "
+        "client), python, or auto: native when it builds, else python with a note (default: auto)",
     )
     uninst = sub.add_parser(
         "uninstall",

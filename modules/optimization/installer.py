@@ -85,7 +85,7 @@ class Plan:
     settings_raw: bytes | None
     settings: dict[str, Any]
     scripts: dict[str, Script] = field(default_factory=dict)
-    commands: dict[str, str] = field(default_factory=dict)  # original command -> rewritten one
+    commands: dict[str, str] = field(default_factory=dict)  # original command -> the rest after its interpreter
     claude_dir_existed: bool = True
     state_existed: bool = True
 
@@ -206,7 +206,7 @@ def _plan(where: Scope, project: Path, python: str, *, stubs: bool = True) -> Pl
             continue
         rel = os.path.relpath(path, root)
         if where.name != "user" and hook["command"] not in shared:
-            plan.commands[hook["command"]] = f"{_quote(python)} -S {rest}"
+            plan.commands[hook["command"]] = rest
         if rel in plan.scripts:
             if plan.scripts[rel].interpreter != interpreter:
                 raise InstallError(f"{rel} is run by two interpreters ({plan.scripts[rel].interpreter}, {interpreter}); refusing")
@@ -339,10 +339,12 @@ def check_observers(hooks: Mapping[str, Any], globs: Sequence[str]) -> list[str]
     return marked
 
 
-def _rewrite_commands(settings: dict[str, Any], plan: Plan) -> None:
-    """Point each replaced script's command at the absolute interpreter, with -S."""
+def _rewrite_commands(settings: dict[str, Any], plan: Plan, python: str, native: Path | None) -> None:
+    """Point each replaced script's command at the absolute interpreter, with -S (behind the
+    native client when the install has one and the command is plain enough; see native_client)."""
     for _, _, hook in _command_hooks(settings):
-        hook["command"] = plan.commands.get(hook["command"], hook["command"])
+        if (rest := plan.commands.get(hook["command"])) is not None:
+            hook["command"] = native_client.stub_command(native, python, rest)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
@@ -421,20 +423,18 @@ def install(
         )
     if client not in native_client.CHOICES:
         raise InstallError(f"unknown client {client!r}; choose one of {', '.join(native_client.CHOICES)}")
-    if client == "native" and not consolidate_hooks:
-        raise InstallError("--client native is the consolidated install's client (add --consolidate); nothing changed")
     plan = _plan(where, project, python, stubs=not consolidate_hooks)
     marked = check_observers(plan.settings.get("hooks") or {}, globs)
     with tempfile.TemporaryDirectory(prefix="hookopt-client-") as tmp:
-        built = _build_client(Path(tmp), client, consolidate_hooks, say)
+        built = _build_client(Path(tmp), client, say)
         return _install_planned(
             plan, where, project, profile, transport, consolidate_hooks, globs, marked, python, built, say
         )
 
 
-def _build_client(tmp: Path, client: ClientChoice, consolidate_hooks: bool, say: Callable[[str], None]) -> Path | None:
+def _build_client(tmp: Path, client: ClientChoice, say: Callable[[str], None]) -> Path | None:
     """The native client built in tmp, or None when the install keeps the Python client."""
-    if not consolidate_hooks or client == "python":
+    if client == "python":
         return None
     try:
         native_client.build(tmp / "hookopt-client")
@@ -460,7 +460,7 @@ def _install_planned(
             endpoint = _start_daemon_for_http(project) if transport == "http" else {}
             settings["hooks"] = consolidate(plan.settings.get("hooks") or {}, transport, python, endpoint, where.name, globs, native)
         else:
-            _rewrite_commands(settings, plan)
+            _rewrite_commands(settings, plan, python, native)
         return (json.dumps(settings, indent=2) + "\n").encode()
 
     if where.name == "project":
@@ -468,17 +468,17 @@ def _install_planned(
             load_settings(project, {}, project_settings={"optimization": {"profile": profile}} if profile else {})
         except ConfigError as exc:
             raise InstallError(str(exc)) from None
-    options = {"transport": transport, "consolidate": consolidate_hooks, "profile": profile, "observers": globs}
-    if consolidate_hooks:
-        options["client"] = "native" if native else "python"
-        options["client_sha256"] = native_client.source_sha256() if native else None
+    options = {
+        "transport": transport, "consolidate": consolidate_hooks, "profile": profile, "observers": globs,
+        "client": "native" if native else "python", "client_sha256": native_client.source_sha256() if native else None,
+    }
     _apply(plan, build_settings, options, (built, native) if built and native else None)
     if consolidate_hooks:
         for line in left_hooks(plan.settings.get("hooks") or {}, globs):
             say(f"left to Claude Code: {line}")
         for line in marked:
             say(f"observer (runs after the answer; its output no longer reaches Claude): {line}")
-    how = f"{len(plan.scripts)} script(s) kept as .original behind stubs"
+    how = f"{len(plan.scripts)} script(s) kept as .original behind stubs{', native client' if native else ''}"
     if consolidate_hooks:
         how = f"one {'native' if native else 'Python'} client per event, scripts untouched"
     say(

@@ -1,7 +1,8 @@
-"""The native thin client (hooks/client.c): a consolidated event without a Python start.
+"""The native thin client (hooks/client.c): an event without a Python start.
 
-The Python thin client costs a Python start per event (about 10 ms here, against 1-2 ms
-for a `true` hook); the native one does the same exchange with the daemon in C and,
+The Python thin client (a consolidated install's, or an installed stub) costs a Python
+start per event (about 10 ms here, against 1-2 ms for a `true` hook); the native one
+does the same exchange with the daemon in C and,
 whenever anything is unusual, execs the Python client with the event, so it decides
 nothing on its own. ``hookopt install`` builds it with the system's C compiler into the
 scope's state directory; without a compiler (or off Linux) the install keeps the Python
@@ -25,7 +26,9 @@ from typing import Any, Final, Literal
 
 from .resources import shipped
 
-__all__ = ["ClientChoice", "NativeClientError", "build", "client_path", "command", "compiler", "findings", "source_sha256"]
+__all__ = [
+    "ClientChoice", "NativeClientError", "build", "client_path", "command", "compiler", "findings", "source_sha256", "stub_command",
+]
 
 ClientChoice = Literal["auto", "native", "python"]
 CHOICES: Final = ("auto", "native", "python")
@@ -86,9 +89,33 @@ def command(client: Path | None, op: str, argument: str, python_argv: list[str])
     return f"[ -x {native} ] && exec {native} {shlex.quote(op)} {shlex.quote(argument)} {python}; exec {python}"
 
 
+def stub_command(client: Path | None, python: str, rest: str) -> str:
+    """The settings command of an installed stub: `PYTHON -S REST` (REST: the original command
+    after its interpreter, script first), behind the native client when REST is plain words.
+
+    REST appears twice and only one copy runs, so anything the shell would read as more than
+    one command's words (;, &, |, redirections, a # comment, a newline) keeps the Python form."""
+    python_form = f"{shlex.quote(python)} -S {rest}"
+    if client is None or not _plain_words(rest):
+        return python_form
+    native = shlex.quote(str(client))
+    return f"[ -x {native} ] && exec {native} legacy - {python_form}; exec {python_form}"
+
+
+def _plain_words(text: str) -> bool:
+    if "#" in text or "\n" in text or "`" in text:
+        return False
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.commenters = ""
+    try:
+        return not any(token and set(token) <= set(lexer.punctuation_chars) for token in lexer)
+    except ValueError:  # an unbalanced quote
+        return False
+
+
 def findings(manifest: Mapping[str, Any] | None, state: Path, scope_name: str) -> list[str]:
     """What status and doctor say of a scope's thin client: missing, stale, or a native one to gain."""
-    if not manifest or not manifest.get("consolidate"):
+    if not manifest:
         return []
     binary = client_path(state, scope_name)
     redo = f"`hookopt uninstall --scope {scope_name}`, then install again"
@@ -99,6 +126,7 @@ def findings(manifest: Mapping[str, Any] | None, state: Path, scope_name: str) -
         if manifest.get("client_sha256") != source_sha256():
             return [f"the {scope_name} scope's native client was built from another hookopt's {SOURCE.name}; {redo} rebuilds it"]
     elif manifest.get("transport") == "command" and sys.platform.startswith("linux") and compiler() is not None:
-        return [f"the {scope_name} scope's install starts a Python client per event; a native one saves about 10 ms "
-                f"per event ({redo}, with --client native)"]
+        per = "event" if manifest.get("consolidate") else "hook and event"
+        return [f"the {scope_name} scope's install starts a Python client per {per}; a native one saves about 10 ms "
+                f"each ({redo}, with --client native)"]
     return []
