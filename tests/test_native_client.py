@@ -249,6 +249,12 @@ def test_install_client_choices_and_uninstall(example_project, monkeypatch):
     monkeypatch.delenv(native_client.CC_ENV)
     install(project, consolidate_hooks=True, client="python", say=quiet)
     assert all("hookopt-client" not in c for c in commands(project))
+    installed = (project / ".claude" / "settings.json").read_bytes()
+    with pytest.raises(InstallError, match="python client; run `hookopt uninstall` first"):
+        install(project, consolidate_hooks=True, client="native", say=quiet)  # not "already installed"
+    said = []
+    assert install(project, consolidate_hooks=True, say=said.append) is False  # auto takes the client there is
+    assert "nothing changed" in said[-1] and (project / ".claude" / "settings.json").read_bytes() == installed
     uninstall(project, say=quiet)
     install(project, consolidate_hooks=True, say=quiet)
     binary = native_client.client_path(project / ".claude" / "hookopt", "project")

@@ -413,12 +413,14 @@ def install(
     if existing is not None:
         same = existing.get("transport") == transport and existing.get("consolidate") == consolidate_hooks
         same = same and (existing.get("observers") or []) == globs
+        same = same and client in ("auto", existing.get("client", "python"))
         if same and (profile is None or existing.get("profile") == profile):
             say(f"hookopt is already installed in {where.label}; nothing changed")
             return False
         raise InstallError(
             f"hookopt is already installed in {where.label} with transport {existing.get('transport')}"
-            f"{' (consolidated)' if existing.get('consolidate') else ''}; run `hookopt uninstall` first"
+            f"{' (consolidated)' if existing.get('consolidate') else ''}, {existing.get('client', 'python')} client;"
+            " run `hookopt uninstall` first"
             " (or `hookopt profile NAME` to change only the profile)"
         )
     if client not in native_client.CHOICES:
