@@ -20,7 +20,9 @@ absolute interpreter behind this venv); uv-native and uv-consolidate (every scri
 given PEP 723 inline metadata and run with `uv run --script`, natively, consolidated
 and through http: the uv figures are native's overhead over each install's, target >= 3x);
 stubs (plain install), consolidate, http,
-http-observers (the two loggers marked as observers); and hookopt's own cost with
+http-observers (the two loggers marked as observers); stubs-py, consolidate-py and
+uv-consolidate-py, the same installs with the Python thin client instead of the native
+one (`--client python`); and hookopt's own cost with
 hooks that do nothing: http-true (the floor's stack, one `true` per event, served by
 the daemon) and http-noop (the example's stack with every script reduced to reading
 its stdin).
@@ -314,6 +316,10 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             *((name, {"transport": "http"}) for name in TRIVIAL),
             ("uv-consolidate", {"consolidate_hooks": True}),
             ("uv-http", {"transport": "http"}),
+            # The same installs with the Python thin client instead of the native one (hookopt install --client python).
+            ("stubs-py", {"client": "python"}),
+            ("consolidate-py", {"consolidate_hooks": True, "client": "python"}),
+            ("uv-consolidate-py", {"consolidate_hooks": True, "client": "python"}),
         )
         for name, options in installs:
             if not wanted(name):
@@ -408,7 +414,17 @@ def report(benchmark, configs, interpreters, notes):
         info[f"{name}_added_ms_per_call_loop"] = round(loop_ms, 2)
         if ratio is not None:
             info[f"{name}_native_ratio"] = round(ratio, 2)
-    for name in ("uv-consolidate", "uv-http"):
+    for name in ("stubs", "consolidate", "uv-consolidate"):
+        python_client = f"{name}-py"
+        if name in added and python_client in added:
+            floor = added["floor-command"][1]
+            native_above, python_above = added[name][1] - floor, added[python_client][1] - floor
+            info[f"{name}_python_client_minus_native_ms_per_call"] = round(python_above - native_above, 2)
+            notes.append(
+                f"{name}: native client {native_above:+.1f} ms per call above the floor, Python client "
+                f"{python_above:+.1f} ({python_above - native_above:+.1f} ms per call for the Python starts)"
+            )
+    for name in ("uv-consolidate", "uv-consolidate-py", "uv-http"):
         if "uv-native" in added and name in added and added[name][1] > 0:
             uv_ratio = added["uv-native"][1] / added[name][1]
             info[f"uv_native_over_{name.replace('-', '_')}"] = round(uv_ratio, 2)
