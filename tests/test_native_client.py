@@ -327,3 +327,27 @@ def test_a_stub_command_of_plain_words_gets_the_native_client(rest, tmp_path):
 def test_a_stub_command_that_is_more_than_plain_words_keeps_the_python_client(rest, tmp_path):
     # Only one of the two copies of REST runs; these would make the shell run more, or other, commands.
     assert native_client.stub_command(tmp_path / "c", "/py", rest) == f"/py -S {rest}"
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("consolidate", [True, False], ids=["consolidated", "stubs"])
+def test_the_real_cli_runs_the_native_client_and_gets_the_same_blocks(example_rt, python, claude_session, consolidate):
+    rt = example_rt
+    project = rt.project
+    install(project, consolidate_hooks=consolidate, python=str(python), client="native", say=quiet)
+    calls = [
+        ("Bash", {"command": "echo hi", "description": "greet"}),
+        ("Bash", {"command": DANGEROUS, "description": "install"}),  # exit 2 from block_dangerous
+        ("Read", {"file_path": str(project / ".env")}),  # a JSON deny from protect_secrets
+        ("Write", {"file_path": str(project / "src" / "new.py"), "content": "X = 1\n"}),
+    ]
+    rt.start()  # else the first event's client hands over to start one
+    result = claude_session(project, calls, env={"HOOKOPT_RUNTIME_DIR": str(rt.root)})
+    assert result.returncode == 0, result.stderr
+    assert [result.blocked(i) for i in result.ids] == [False, True, True, False]
+    assert "piping a download into a shell" in result.reason(result.ids[1])
+    assert ".env holds secrets" in result.reason(result.ids[2])
+    assert (project / "src" / "new.py").read_text() == "X = 1\n"
+    assert python.starts() == 0  # Claude Code's sh -c ran the native client, which never needed Python
+    served = rt.status()
+    assert served["legacy"]["warm_runs"] > 0, served
