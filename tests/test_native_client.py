@@ -351,3 +351,22 @@ def test_the_real_cli_runs_the_native_client_and_gets_the_same_blocks(example_rt
     assert python.starts() == 0  # Claude Code's sh -c ran the native client, which never needed Python
     served = rt.status()
     assert served["legacy"]["warm_runs"] > 0, served
+
+
+def test_under_a_c_locale_neither_client_passes_on_python_s_locale_coercion(rt, python):
+    (rt.project / ".claude").mkdir()
+    (rt.project / ".claude" / "settings.json").write_text(
+        json.dumps({"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "env >&2; exit 2"}]}]}})
+    )
+    command = install_native(rt, python)
+    rt.start()
+    # What Claude Code might pass in a bare container: no LC_ALL, no LC_CTYPE, a C locale.
+    bare = {k: v for k, v in rt.env.items() if k in ("PATH", "HOME", "HOOKOPT_RUNTIME_DIR", "CLAUDE_PROJECT_DIR")}
+    bare["LANG"] = "C"
+    seen = {}
+    for name, cmd in (("native", command), ("python", command.rpartition("; exec ")[2].replace(str(python), sys.executable))):
+        proc = subprocess.run(["sh", "-c", cmd], input=json.dumps(pre_event(rt.project)).encode(), capture_output=True,
+                              env=bare, cwd=rt.project, timeout=60)
+        seen[name] = denied(proc)
+    assert "LANG=C\n" in seen["native"] and "LC_CTYPE" not in seen["native"]  # as Claude Code would run the hook
+    assert seen["python"] == seen["native"]

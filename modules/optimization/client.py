@@ -83,8 +83,29 @@ def ask_daemon(project: str, frame: bytes, timeout_s: float) -> "tuple[int, byte
 
 
 def environment_bytes() -> bytes:
-    """The environment exactly as we got it, NUL-separated."""
-    return b"\0".join(k + b"=" + v for k, v in posix.environ.items())
+    """The environment exactly as Claude Code started us with it, NUL-separated, as
+    posix.environ reads it (entries with "=", the first of a repeated name).
+
+    Read from /proc/self/environ where there is one: under a C or POSIX locale Python's
+    start-up adds LC_CTYPE=C.UTF-8 to its own environment (PEP 538), which the hooks would
+    then see and natively do not. The native client (hooks/client.c) sends the same bytes."""
+    try:
+        fd = posix.open("/proc/self/environ", posix.O_RDONLY)
+    except OSError:
+        return b"\0".join(k + b"=" + v for k, v in posix.environ.items())
+    try:
+        chunks = []
+        while chunk := posix.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        posix.close(fd)
+    seen, kept = set(), []
+    for entry in b"".join(chunks).split(b"\0"):
+        name, eq, _ = entry.partition(b"=")
+        if eq and name not in seen:
+            seen.add(name)
+            kept.append(entry)
+    return b"\0".join(kept)
 
 
 def project_of(environ: "dict[bytes, bytes]") -> str:
