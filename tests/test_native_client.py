@@ -370,3 +370,18 @@ def test_under_a_c_locale_neither_client_passes_on_python_s_locale_coercion(rt, 
         seen[name] = denied(proc)
     assert "LANG=C\n" in seen["native"] and "LC_CTYPE" not in seen["native"]  # as Claude Code would run the hook
     assert seen["python"] == seen["native"]
+
+
+def test_under_a_c_locale_the_in_process_fallback_spawns_hooks_with_the_environment_it_was_given(rt, python):
+    (rt.project / ".claude").mkdir()
+    (rt.project / ".claude" / "settings.json").write_text(
+        json.dumps({"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "env >&2; exit 2"}]}]}})
+    )
+    command = install_native(rt, python)
+    bare = {k: v for k, v in rt.env.items() if k in ("PATH", "HOME", "HOOKOPT_RUNTIME_DIR", "CLAUDE_PROJECT_DIR")}
+    bare.update(LANG="C", **OFF)  # no daemon asked: the Python client runs the stack itself
+    proc = subprocess.run(["sh", "-c", command], input=json.dumps(pre_event(rt.project)).encode(), capture_output=True,
+                          env=bare, cwd=rt.project, timeout=60)
+    seen = denied(proc)
+    assert "LANG=C\n" in seen and "LC_CTYPE" not in seen
+    assert python.starts() == 1

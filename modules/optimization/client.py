@@ -187,7 +187,14 @@ def _answer(op: str, fallback_fn: "Callable[[bytes, str], Reply]", **sections: b
 
 
 def _slow() -> "ModuleType":
-    """The in-process fallback (fallback.py): only when no daemon answers."""
+    """The in-process fallback (fallback.py): only when no daemon answers. The hooks it
+    spawns get the environment we were started with, not what Python's start-up added."""
+    started = {entry.partition(b"=")[0] for entry in environment_bytes().split(b"\0")}
+    for name in [name for name in posix.environ if name not in started]:
+        posix.unsetenv(name)
+        del posix.environ[name]
+        if "os" in sys.modules:  # its copy was taken at its import
+            sys.modules["os"].environb.pop(name, None)
     from . import fallback
 
     return fallback
