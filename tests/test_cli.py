@@ -82,3 +82,17 @@ def test_help_explains_commands():
     for command in ("demo", "check", "config"):
         assert command in proc.stdout
     assert hookopt("frobnicate").returncode == 2
+
+
+def test_output_cut_short_by_its_reader_ends_quietly():
+    # `hookopt dashboard | head -1`: here the reader is gone before the first write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "modules.optimization.cli", "dashboard"], stdout=write_end, stderr=subprocess.PIPE,
+            text=True, cwd=Path(__file__).resolve().parents[1], timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")
