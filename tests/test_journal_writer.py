@@ -3,6 +3,7 @@
 import asyncio
 import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -87,3 +88,59 @@ def test_a_full_disk_fails_the_whole_group_and_leaves_no_trace(tmp_path):
         entries = [seq for seq, _ in journal.entries_after(0)]
         journal.close()
     assert entries == sorted(acked)
+
+
+def test_without_fsync_a_lone_event_is_written_at_once_and_order_holds(tmp_path):
+    """The daemon's journal (no fsync): events are written on the loop, no thread hand-off,
+    in the order they came, and a crash right after the await would find them."""
+    log = ObserverLog(tmp_path, fsync=False)
+    writer = JournalWriter(log)
+
+    async def events():
+        first = await writer.record(_event(0))
+        return [first, *await asyncio.gather(*(writer.record(_event(i)) for i in range(1, 50)))]
+
+    seqs = asyncio.run(events())
+    journal = Journal(tmp_path / JOURNAL_NAME, fsync=False)
+    entries = [(s, r["event"]["tool_use_id"]) for s, r in journal.entries_after(0)]
+    journal.close()
+    batches = writer.batches
+    writer.close()
+    log.close()
+    assert seqs == list(range(1, 51)) and entries == [(seq, f"toolu_{i}") for i, seq in enumerate(seqs)]
+    assert batches == 0  # none needed the thread
+
+
+def test_without_fsync_a_busy_journal_sends_the_event_to_the_thread_and_the_loop_runs_on(tmp_path):
+    """While another thread holds the journal (a compaction), recording must not stall the
+    loop: the event waits in the writer thread, behind nothing, and is written after."""
+    log = ObserverLog(tmp_path, fsync=False)
+    writer = JournalWriter(log)
+    held = threading.Event()
+    release = threading.Event()
+
+    def compaction():
+        with log._journal._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=compaction)
+    holder.start()
+    held.wait(10)
+
+    async def scenario():
+        ticks = 0
+        record = asyncio.ensure_future(writer.record(_event(1)))
+        while ticks < 20:  # the loop keeps running while the journal is held
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not record.done()
+        release.set()
+        return await asyncio.wait_for(record, 10), ticks
+
+    seq, ticks = asyncio.run(scenario())
+    holder.join()
+    batches = writer.batches
+    writer.close()
+    log.close()
+    assert seq == 1 and ticks == 20 and batches == 1

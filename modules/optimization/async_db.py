@@ -136,27 +136,45 @@ class Journal:
         """Write one record durably and return its seq."""
         return self.append_many([record])[0]
 
+    @property
+    def fsyncs(self) -> bool:
+        """Whether appends wait for the disk (else they survive the process, not a power cut)."""
+        return self._fsync
+
     def append_many(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
         """Write records durably, in order, with one fsync for all; return their seqs.
         All or none: a failed write takes back every line of the call."""
         with self._lock:
-            first = self._next
-            seqs = list(range(first, first + len(records)))
-            lines = (_dumps({"seq": seq, "record": record}).encode() + b"\n" for seq, record in zip(seqs, records, strict=True))
-            data = b"".join(lines)  # raises before any write
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[self._fh.write(view) :]
-                if self._fsync:
-                    os.fsync(self._fh.fileno())
-            except BaseException:
-                # A half-written line (disk full) would hide the next append; take it back.
-                os.ftruncate(self._fh.fileno(), self._size)
-                raise
-            self._size += len(data)
-            self._next = first + len(records)
-            return seqs
+            return self._append_locked(records)
+
+    def try_append_many(self, records: Sequence[Mapping[str, Any]]) -> list[int] | None:
+        """append_many, or None (nothing written) when another thread holds the journal (a compaction)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._append_locked(records)
+        finally:
+            self._lock.release()
+
+    def _append_locked(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """append_many's work, the lock held."""
+        first = self._next
+        seqs = list(range(first, first + len(records)))
+        lines = (_dumps({"seq": seq, "record": record}).encode() + b"\n" for seq, record in zip(seqs, records, strict=True))
+        data = b"".join(lines)  # raises before any write
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._fh.write(view) :]
+            if self._fsync:
+                os.fsync(self._fh.fileno())
+        except BaseException:
+            # A half-written line (disk full) would hide the next append; take it back.
+            os.ftruncate(self._fh.fileno(), self._size)
+            raise
+        self._size += len(data)
+        self._next = first + len(records)
+        return seqs
 
     def entries_after(self, seq: int) -> Iterator[tuple[int, dict[str, Any]]]:
         """Yield (seq, record) for every entry above seq, oldest first."""
@@ -282,6 +300,11 @@ class ObserverStore:
             self._conn.close()
 
 
+def _records(events: Sequence[Mapping[str, Any]], ts: float | None) -> list[dict[str, Any]]:
+    now = time.time() if ts is None else ts
+    return [{"ts": now, "event": dict(event)} for event in events]
+
+
 class ObserverLog:
     """Record observer events without loss: journal, batch, SQLite, replay on start."""
 
@@ -323,18 +346,39 @@ class ObserverLog:
         """Journal one event durably, queue it for SQLite, and return its seq."""
         return self.record_many([event], ts)[0]
 
+    @property
+    def fsyncs(self) -> bool:
+        """Whether recording waits for the disk (see Journal.fsyncs)."""
+        return self._journal.fsyncs
+
     def record_many(self, events: Sequence[Mapping[str, Any]], ts: float | None = None) -> list[int]:
         """Journal events durably with one fsync (a group commit), queue them, return their seqs."""
-        now = time.time() if ts is None else ts
-        records = [{"ts": now, "event": dict(event)} for event in events]
+        records = _records(events, ts)
         # One lock over both steps keeps batcher order equal to journal order, which is
         # what makes the store's last_seq a safe replay and compaction point.
         with self._lock:
-            if self._closed:
-                raise RuntimeError("record on a closed ObserverLog")
-            seqs = self._journal.append_many(records)
-            for seq, record in zip(seqs, records, strict=True):
-                self._batcher.put((seq, record))
+            self._check_open()
+            return self._queue(self._journal.append_many(records), records)
+
+    def try_record_many(self, events: Sequence[Mapping[str, Any]], ts: float | None = None) -> list[int] | None:
+        """record_many, or None (nothing recorded) when another thread is recording or compacting."""
+        records = _records(events, ts)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._check_open()
+            seqs = self._journal.try_append_many(records)
+            return None if seqs is None else self._queue(seqs, records)
+        finally:
+            self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("record on a closed ObserverLog")
+
+    def _queue(self, seqs: list[int], records: list[dict[str, Any]]) -> list[int]:
+        for seq, record in zip(seqs, records, strict=True):
+            self._batcher.put((seq, record))
         return seqs
 
     def ingest_spool(self) -> int:

@@ -1,12 +1,18 @@
-"""The daemon's observer journal, written by one thread with group commits.
+"""The daemon's observer journal, written by one thread with group commits, or at once.
 
-An observer event is journaled (written and fsynced) before it is answered. Writing
-from the event loop would stall every other client for the fsync; handing each event
-to a pool thread costs a thread hand-off and a loop wake-up per event, which on this
-kind of machine costs more than the write. Here one writer thread takes every event
-queued since its last write, journals them with one fsync (ObserverLog.record_many)
-and wakes the loop once for all of them. Alone, an event costs what it did; under
-load, the fsyncs and wake-ups are shared.
+An observer event is journaled before it is answered. With fsync on, writing from the
+event loop would stall every other client for the fsync; handing each event to a pool
+thread costs a thread hand-off and a loop wake-up per event, which on this kind of
+machine costs more than the write. Here one writer thread takes every event queued
+since its last write, journals them with one fsync (ObserverLog.record_many) and wakes
+the loop once for all of them: under load, the fsyncs and wake-ups are shared.
+
+The daemon's journal does not fsync (it survives the process, not a power cut, like the
+hooks' own files), and then a lone event is written on the loop itself when nothing is
+queued or being written and no compaction holds the journal: one write call, about
+0.2 ms after idle here, against 1.2 ms for the two thread wake-ups. Anything else goes
+through the thread, behind what is already queued, so the journal order stays the
+order the events came in.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ class JournalWriter:
         self.log = log
         self._queue: deque[tuple[Mapping[str, Any], asyncio.Future[int], asyncio.AbstractEventLoop]] = deque()
         self._ready = threading.Condition()
+        self._writing = False  # the thread holds a batch it has not written yet
         self._closed = False
+        self.batches = 0  # written by the thread (the rest were written at once)
         self._thread = threading.Thread(target=self._run, name="hookopt-journal", daemon=True)
         self._thread.start()
 
@@ -40,6 +48,10 @@ class JournalWriter:
         with self._ready:
             if self._closed:
                 raise RuntimeError("journal writer is closed")
+            if not self.log.fsyncs and not self._queue and not self._writing:
+                seqs = self.log.try_record_many([event])
+                if seqs is not None:
+                    return seqs[0]
             self._queue.append((event, future, loop))
             self._ready.notify()
         return await future
@@ -60,11 +72,15 @@ class JournalWriter:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+                self._writing = True
             outcome: Sequence[int] | BaseException
             try:
                 outcome = self.log.record_many([event for event, _, _ in batch])
             except Exception as exc:  # every waiter gets the error
                 outcome = exc
+            with self._ready:
+                self._writing = False
+                self.batches += 1
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], int | BaseException]]] = {}
             for i, (_, future, loop) in enumerate(batch):
                 by_loop.setdefault(loop, []).append((future, outcome if isinstance(outcome, BaseException) else outcome[i]))
