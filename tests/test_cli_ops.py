@@ -70,6 +70,10 @@ def test_doctor_finds_shims_and_matchers_that_match_nothing(rt):
     assert "PreToolUse matcher 'bash' matches no known tool" in proc.stdout
     assert f"through the version-manager shim {shim_dir / 'python3'}" in proc.stdout
     assert proc.stdout.count("version-manager shim") == 7  # all seven hooks start python3
+    # Installed, the commands Claude Code runs name no shim any more (the daemon resolves it once).
+    assert hookopt(rt, "install", "--consolidate").returncode == 0
+    proc = hookopt(rt, "doctor")
+    assert "version-manager shim" not in proc.stdout and "PreToolUse matcher 'bash' matches no known tool" in proc.stdout
 
 
 def test_doctor_on_a_clean_project(tmp_path):

@@ -359,7 +359,9 @@ def cmd_doctor(project: Path) -> int:
     manifest = load_manifest(project)
     hooks_source = (manifest or {}).get("hooks") or settings.get("hooks") or {}
     findings: list[str] = []
-    for event, groups in hooks_source.items():
+    # Shims cost per call only in the commands Claude Code runs now: an install's clients
+    # and stubs name an absolute interpreter, and its daemon resolves a shim once.
+    for event, groups in (settings.get("hooks") or {}).items():
         for group in groups if isinstance(groups, list) else []:
             for hook in group.get("hooks", []) if isinstance(group, dict) else []:
                 command = hook.get("command") if isinstance(hook, dict) else None
