@@ -11,8 +11,8 @@
    optimization switched off, an oversized event, a refusal, a timeout...), it execs
    PYTHON [PYTHON-ARGS...] with the same environment and the event it read on stdin: the
    Python client then does what it always does (start the daemon, evaluate in-process).
-   When the frame had already been sent, HOOKOPT_CLIENT_ASKED=1 tells the Python client
-   not to ask and wait a second time. A stub run while its original runs (LEGACY_ENV) is
+   Once it has tried the daemon (connected or not), HOOKOPT_CLIENT_ASKED=1 tells the Python
+   client not to ask and wait a second time. A stub run while its original runs (LEGACY_ENV) is
    exec'd before anything is read: it runs the original itself.
 
    Linux only (memfd_create, SO_PEERCRED). Built by the installer: cc -O2 -Wall. */
@@ -255,11 +255,13 @@ int main(int argc, char **argv) {
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) hand_over(0);
+    /* From here on the Python client would have asked and failed the same way (refused, timed
+       out, a stranger): it starts the daemon and answers itself, without asking again. */
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) hand_over(1);
     struct ucred cred;
     socklen_t cred_len = sizeof cred;
     /* Only trust a daemon running as us: anyone else could answer "allow". */
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != getuid()) hand_over(0);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) != 0 || cred.uid != getuid()) hand_over(1);
     if (write_all(sock, frame.data, frame.len, 1)) hand_over(1);
     shutdown(sock, SHUT_WR);
 
