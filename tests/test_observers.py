@@ -5,17 +5,20 @@ back, so a test can see the answer arrive before the observer ran, and kill the 
 while observers are pending.
 """
 
+import asyncio
 import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from modules.optimization import cli
+from modules.optimization import cli, observers
 from modules.optimization.installer import InstallError, install, uninstall
-from modules.optimization.observers import load_ledger, marks, refusal
+from modules.optimization.observers import ObserverHook, ObserverRuns, load_ledger, marks, refusal
+from modules.optimization.protocol import HookResult
 from modules.optimization.stack import left_reason, load_stacks
 from tests.daemon_helpers import post_event, pre_event, wait_for
 
@@ -247,3 +250,46 @@ def test_observers_run_at_the_lowest_cpu_priority_the_answer_at_ours(rt):
     assert (rt.project / "nice-warm").read_text() == "19"
     assert (rt.project / "nice-shell").read_text().strip() == "19"
     assert rt.status()["legacy"]["warm_runs"] >= 2  # the Python ones ran warm, through the fork server
+
+
+def test_observers_wait_for_a_quiet_moment_but_never_longer_than_their_limit(tmp_path, monkeypatch):
+    """A burst of events is answered first: an observer runs once no event has come for
+    QUIET_S, or when its event is MAX_DEFER_S old, whichever is first; in order either way."""
+    monkeypatch.setattr(observers, "QUIET_S", 0.2)
+    monkeypatch.setattr(observers, "MAX_DEFER_S", 1.0)
+    ran = []
+
+    async def run(hooks, raw, env, cwd):
+        ran.append((raw.decode(), time.monotonic()))
+        return [HookResult(0, b"", b"")]
+
+    async def scenario():
+        busy_until = time.monotonic() + 5.0  # events keep coming for 5 s
+        last_event = {"t": time.monotonic()}
+
+        def idle_for():
+            now = time.monotonic()
+            if now < busy_until:
+                last_event["t"] = now  # another event just came
+            return now - last_event["t"]
+
+        runs = ObserverRuns(tmp_path, run, idle_for=idle_for)
+        runs.start()
+        start = time.monotonic()
+        runs.submit("PostToolUse", [ObserverHook("log", 5.0)], b"first", {}, str(tmp_path))
+        await asyncio.sleep(0.5)
+        assert ran == []  # busy, and younger than the limit: it waits
+        await runs.drain(5.0)
+        first_at = ran[0][1] - start
+        busy_until = 0.0  # the session goes quiet
+        submitted = time.monotonic()
+        runs.submit("PostToolUse", [ObserverHook("log", 5.0)], b"second", {}, str(tmp_path))
+        await runs.drain(5.0)
+        second_after = ran[1][1] - submitted
+        await runs.close()
+        return first_at, second_after
+
+    first_at, second_after = asyncio.run(scenario())
+    assert [raw for raw, _ in ran] == ["first", "second"]
+    assert 0.9 <= first_at < 2.0  # at its limit, though events never stopped
+    assert second_after < 0.6  # quiet: after QUIET_S, not the limit

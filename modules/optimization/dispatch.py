@@ -101,7 +101,7 @@ class Dispatcher:
         self.endpoint = http_endpoint(project)
         self.runner = LegacyRunner()
         # Hooks marked as observers: journaled before the answer, run after it (observers.py).
-        self.observer_runs = ObserverRuns(self.state, self._run_observers)
+        self.observer_runs = ObserverRuns(self.state, self._run_observers, idle_for=lambda: self.clock() - self.last_activity)
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self.supervision: dict[str, object] | None = None

@@ -36,6 +36,7 @@ import asyncio
 import fnmatch
 import json
 import logging
+import math
 import os
 import shlex
 import time
@@ -62,6 +63,10 @@ DONE_NAME: Final = "observer-runs.done"
 LEDGER_NAME: Final = "observers.json"
 _FIRST_BYTES: Final = 200
 _COMPACT_BYTES: Final = 1 << 20  # compact the runs journal once it passes this and all is done
+# An observer runs once no event has come for QUIET_S, or when its event is MAX_DEFER_S old:
+# a burst of tool calls is answered first, and a busy session still gets its observers soon.
+QUIET_S: Final = 0.2
+MAX_DEFER_S: Final = 5.0
 _PROJECT_PREFIXES: Final = ("$CLAUDE_PROJECT_DIR/", "${CLAUDE_PROJECT_DIR}/")
 
 
@@ -158,10 +163,14 @@ def lost_output_lines(ledger: Mapping[str, Mapping[str, Any]]) -> list[str]:
 class ObserverRuns:
     """The durable queue of observer runs and the one worker that runs them, in order."""
 
-    def __init__(self, state: Path, run: RunHooks, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, state: Path, run: RunHooks, *, clock: Callable[[], float] = time.time,
+        idle_for: Callable[[], float] = lambda: math.inf,
+    ) -> None:
         self._state = state
         self._run = run
         self._clock = clock
+        self._idle_for = idle_for  # seconds since the daemon last answered an event
         path = state / RUNS_NAME
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # it holds hook environments
         self._journal = Journal(path, fsync=False)
@@ -184,6 +193,7 @@ class ObserverRuns:
             "raw": raw.decode("latin-1"),  # lossless: the bytes come back as they were
             "env": dict(env),
             "cwd": cwd,
+            "at": self._clock(),
         }
         seq = self._journal.append(entry)
         self._pending += 1
@@ -237,11 +247,17 @@ class ObserverRuns:
         hooks = [ObserverHook(str(c), float(t)) for c, t in entry.get("hooks") or []]
         first = self._done[1] if self._done[0] == seq else 0
         for index in range(first, len(hooks)):
+            await self._quiet(float(entry.get("at") or 0))
             (result,) = await self._run([hooks[index]], raw, env, cwd)
             self.ran += 1
             if result.exit_code != 0 or result.stdout or result.stderr or result.timed_out:
                 self._note_lost(str(entry.get("event")), hooks[index].command, result)
             self._mark(seq, index + 1)
+
+    async def _quiet(self, at: float) -> None:
+        """Wait until no event came for QUIET_S, or the event of time at is MAX_DEFER_S old."""
+        while (idle := self._idle_for()) < QUIET_S and (age := self._clock() - at) < MAX_DEFER_S:
+            await asyncio.sleep(min(QUIET_S - idle, MAX_DEFER_S - age))
 
     def _mark(self, seq: int, hooks_done: int) -> None:
         self._done = (seq, hooks_done)
