@@ -45,9 +45,14 @@ def test_batch_size_metric_counts_what_the_observers_wrote(rt):
 
     samples = wait_for(written, what="7 observer events written in batches")
     assert 1 <= samples["hookopt_batch_size_count"] <= 7
-    # The daemon's periodic tick publishes the depth of its queues.
-    depth = wait_for(lambda: {s.labels["queue"]: s.value for s in scrape(rt)["hookopt_queue_depth"].samples}, what="queue depths")
-    assert set(depth) == {"pool", "observers"} and depth["observers"] == 0
+    # The daemon's periodic tick publishes the depth of its queues (one gauge after the
+    # other: a scrape from the metrics thread may come between the two on the first tick).
+    def depths():
+        depth = {s.labels["queue"]: s.value for s in scrape(rt)["hookopt_queue_depth"].samples}
+        return depth if set(depth) == {"pool", "observers"} else None
+
+    depth = wait_for(depths, what="both queue depths")
+    assert depth["observers"] == 0
 
 
 def test_enabled_false_runs_the_original_hooks_without_a_daemon(example_rt):
