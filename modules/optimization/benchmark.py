@@ -134,13 +134,12 @@ def run_bench(
     try:
         native_root = _copy(project, tmp / "native")
         _copy(project, optimized_root.parent)
-        said: list[str] = []
-        install(optimized_root, consolidate_hooks=True, say=said.append)
+        install(optimized_root, consolidate_hooks=True, say=lambda _: None)
         if native_client.client_path(state_dir(optimized_root, create=False), "project").exists():
             result.client = "native (hooks/client.c, built at install)"
         else:
-            why = [line.removeprefix("note: ").split(", so ")[0] for line in said if "C compiler" in line]
-            result.client = "Python" + "".join(f" ({reason}; a native one saves about 10 ms per event)" for reason in why)
+            why = native_client.unavailable() or "it did not build here; `hookopt install --client native` says why"
+            result.client = f"Python ({why}; a native one saves about 10 ms per event)"
         commands = _client_commands(optimized_root)
         # Only events some hook matches run anything, natively or through the consolidated client.
         lines = [line for line in lines if select(hooks, parse_event(line.encode()))]

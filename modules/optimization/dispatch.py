@@ -123,9 +123,9 @@ class Dispatcher:
 
     async def _journal(self, event: Mapping[str, Any]) -> bytes:
         """The one journaling path: an event that is not a guarded one is journaled before it is
-        answered, so an observer event is never lost. By the journal writer's thread (group
-        commits), so a stalled disk costs its timeout, not the loop. Returns the note for the
-        hook's stderr when the event could not be journaled."""
+        answered, so an observer event is never lost. Through the journal writer (at once, or by
+        its thread when the journal is busy), so a stalled disk costs its timeout, not the loop.
+        Returns the note for the hook's stderr when the event could not be journaled."""
         if event["hook_event_name"] in GUARDED_EVENTS:
             return b""
         try:
@@ -267,7 +267,7 @@ class Dispatcher:
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
-        # Journaled while the hooks run (by the journal writer's thread), and done before the answer.
+        # Journaled while the hooks start (see _journal), and done before the answer.
         journal = None if event["hook_event_name"] in GUARDED_EVENTS else asyncio.ensure_future(self._journal(event))
         try:
             start = time.perf_counter()

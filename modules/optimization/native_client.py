@@ -19,7 +19,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -28,6 +27,7 @@ from .resources import shipped
 
 __all__ = [
     "ClientChoice", "NativeClientError", "build", "client_path", "command", "compiler", "findings", "source_sha256", "stub_command",
+    "unavailable",
 ]
 
 ClientChoice = Literal["auto", "native", "python"]
@@ -35,6 +35,7 @@ CHOICES: Final = ("auto", "native", "python")
 SOURCE: Final = shipped("hooks", "client.c")
 CC_ENV: Final = "HOOKOPT_CC"  # the compiler to use; empty: build no native client
 FLAGS: Final = ("-O2", "-Wall")
+NO_COMPILER: Final = f"no C compiler (cc, gcc or ${CC_ENV}) found"
 
 
 class NativeClientError(Exception):
@@ -57,25 +58,28 @@ def client_path(state: Path, scope_name: str) -> Path:
     return state / ("hookopt-client" if scope_name == "project" else f"hookopt-client-{scope_name}")
 
 
-def build(target: Path) -> None:
-    """Compile the client to target (atomically, mode 0755) and check that it runs; or raise."""
+def unavailable() -> str | None:
+    """Why no native client can be built here (not Linux, no compiler); None when it can be tried."""
     if not sys.platform.startswith("linux"):
-        raise NativeClientError(f"the native client is for Linux only (this is {sys.platform})")
+        return f"the native client is for Linux only (this is {sys.platform})"
+    if compiler() is None:
+        return NO_COMPILER
+    return None
+
+
+def build(target: Path) -> None:
+    """Compile the client to target (a path of the caller's, mode 0755) and check that it runs; or raise."""
     cc = compiler()
-    if cc is None:
-        raise NativeClientError(f"no C compiler (cc, gcc or ${CC_ENV}) found")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
-        built = Path(tmp) / target.name
-        done = subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise NativeClientError(f"{cc} failed to build {SOURCE}: {done.stderr.strip()[-2000:]}")
-        # Called without its arguments, it must say how to call it and exit 2 (blocking, never open).
-        probe = subprocess.run([str(built)], capture_output=True, text=True, timeout=10)
-        if probe.returncode != 2 or "usage: hookopt-client" not in probe.stderr:
-            raise NativeClientError(f"the client built by {cc} does not run as expected (exit {probe.returncode})")
-        built.chmod(0o755)
-        os.replace(built, target)
+    if (why := unavailable()) is not None or cc is None:
+        raise NativeClientError(why or NO_COMPILER)
+    done = subprocess.run([cc, *FLAGS, "-o", str(target), str(SOURCE)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise NativeClientError(f"{cc} failed to build {SOURCE}: {done.stderr.strip()[-2000:]}")
+    # Called without its arguments, it must say how to call it and exit 2 (blocking, never open).
+    probe = subprocess.run([str(target)], capture_output=True, text=True, timeout=10)
+    if probe.returncode != 2 or "usage: hookopt-client" not in probe.stderr:
+        raise NativeClientError(f"the client built by {cc} does not run as expected (exit {probe.returncode})")
+    target.chmod(0o755)
 
 
 def command(client: Path | None, op: str, argument: str, python_argv: list[str]) -> str:
@@ -125,7 +129,7 @@ def findings(manifest: Mapping[str, Any] | None, state: Path, scope_name: str) -
                     f"instead (about 10 ms more); {redo} rebuilds it"]
         if manifest.get("client_sha256") != source_sha256():
             return [f"the {scope_name} scope's native client was built from another hookopt's {SOURCE.name}; {redo} rebuilds it"]
-    elif manifest.get("transport") == "command" and sys.platform.startswith("linux") and compiler() is not None:
+    elif manifest.get("transport") == "command" and unavailable() is None:
         per = "event" if manifest.get("consolidate") else "hook and event"
         return [f"the {scope_name} scope's install starts a Python client per {per}; a native one saves about 10 ms "
                 f"each ({redo}, with --client native)"]
