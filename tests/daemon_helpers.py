@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from modules.optimization import client, wire
+from modules.optimization.hugepages import startup_env
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ROOT / "hooks"
@@ -101,7 +102,7 @@ class Runtime:
         """Start a daemon the way a client would and wait until it answers."""
         subprocess.Popen(
             [sys.executable, "-m", "modules.optimization.daemon", "--project", str(self.project)],
-            env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**startup_env(self.env), **self.env}, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         return wait_for(self.status, what="the daemon to answer status")

@@ -1,0 +1,137 @@
+"""Huge pages for the daemon and the fork servers, in real processes: the interpreter's code
+and malloc heap move onto transparent huge pages and it carries on (forks included), nothing
+moves in an interpreter on pymalloc, HOOKOPT_HUGEPAGES=0 switches it off, and the daemon a
+client starts runs on huge pages."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from modules.optimization.hugepages import STARTUP_ENV, SWITCH, startup_env
+from tests.daemon_helpers import ROOT, decision, pre_event, wait_for
+
+
+def _thp_usable() -> bool:
+    """THP may be asked for (madvise or always) and MADV_COLLAPSE exists (Linux 6.1+)."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    return ("[never]" not in mode) and (major, minor) >= (6, 1)
+
+
+# Runs HugePages in a fresh interpreter, then uses it hard (imports, a big heap, a fork) and
+# reports what moved, what the kernel says is on huge pages, and that every answer is right.
+PROBE = r"""
+import json, os, re, sys
+sys.path.insert(0, os.environ["ROOT"])
+from modules.optimization.hugepages import HugePages
+
+def anon_huge_kb():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+
+def maps_of(name):
+    return [line.split()[1] for line in open("/proc/self/maps") if line.rstrip().endswith(name)]
+
+lib = os.path.realpath(sys.executable)
+for line in open("/proc/self/maps"):
+    if "libpython" in line:
+        lib = line.split()[-1]
+before = maps_of(lib)
+pages = HugePages()
+heap = [{"n": i, "s": str(i) * 3} for i in range(200_000)]  # ~40 MB on the heap
+collapsed = pages.collapse()
+again = pages.collapse()  # nothing grew since
+huge_kb = anon_huge_kb()  # before the fork: a page written by both sides after it is split
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    total = sum(d["n"] for d in heap) + len(re.findall(r"\d+", "a1b22c333"))
+    os.write(w, json.dumps({"total": total, "dump": json.dumps(heap[12345])}).encode())
+    os._exit(7)
+os.close(w)
+child = json.loads(os.read(r, 65536))
+_, status = os.waitpid(pid, 0)
+print(json.dumps({
+    "text": pages.text_bytes, "collapsed": collapsed, "again": again, "huge_kb": huge_kb,
+    "child": child, "child_exit": os.waitstatus_to_exitcode(status),
+    "file_pages_before": before, "file_pages_after": maps_of(lib),
+}))
+"""
+
+
+def _probe(**env):
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"} | {"ROOT": str(ROOT)} | env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _answers_right(report):
+    assert report["child_exit"] == 7
+    assert report["child"] == {"total": sum(range(200_000)) + 3, "dump": json.dumps({"n": 12345, "s": "123451234512345"})}
+
+
+def test_code_and_heap_move_onto_huge_pages_and_the_interpreter_and_its_forks_carry_on():
+    report = _probe(**STARTUP_ENV)
+    _answers_right(report)
+    assert report["again"] == 0  # nothing grew: nothing to do
+    if not _thp_usable():  # nothing to gain here: nothing may have moved either
+        assert (report["text"], report["collapsed"]) == (0, 0) and report["file_pages_after"] == report["file_pages_before"]
+        return
+    assert report["text"] >= 2 << 20 and report["text"] % (2 << 20) == 0
+    assert report["collapsed"] >= 30 << 20  # the 40 MB heap, in whole 2 MiB blocks
+    assert report["huge_kb"] * 1024 >= report["text"] + report["collapsed"]
+    # The code left the file mapping, block by block; its writable data did not.
+    assert len(report["file_pages_after"]) < len(report["file_pages_before"]) or "r-xp" not in report["file_pages_after"]
+    assert "rw-p" in report["file_pages_after"]
+
+
+def test_an_interpreter_on_pymalloc_is_left_as_it_was():
+    report = _probe()
+    _answers_right(report)
+    assert (report["text"], report["collapsed"]) == (0, 0)
+    assert report["file_pages_after"] == report["file_pages_before"]
+
+
+def test_the_switch_keeps_the_allocator_of_what_we_start():
+    assert startup_env({}) == STARTUP_ENV == {"PYTHONMALLOC": "malloc"}
+    assert startup_env({SWITCH: "0"}) == {}
+    assert startup_env({SWITCH: "1"}) == STARTUP_ENV
+
+
+def _environ(pid):
+    return dict(item.partition(b"=")[::2] for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item)
+
+
+def _anon_huge_kb(pid):
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
+    assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # answered in-process; starts the daemon
+    status = wait_for(rt.status, what="the daemon the client started")
+    assert _environ(status["pid"]).get(b"PYTHONMALLOC") == b"malloc"
+    assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # and it answers as before
+    if _thp_usable():
+        wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's code on huge pages")
+
+
+def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
+    env = {SWITCH: "0"}
+    assert decision(rt.hook(pre_event(rt.project, "rm -rf /"), env=env)) == "deny"
+    status = wait_for(rt.status, what="the daemon the client started")
+    assert b"PYTHONMALLOC" not in _environ(status["pid"])
+    assert _anon_huge_kb(status["pid"]) == 0
