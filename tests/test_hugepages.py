@@ -1,7 +1,7 @@
-"""Huge pages for the daemon and the fork servers, in real processes: the interpreter's code
-and malloc heap move onto transparent huge pages and it carries on (forks included), nothing
-moves in an interpreter on pymalloc, HOOKOPT_HUGEPAGES=0 switches it off, and the daemon a
-client starts runs on huge pages."""
+"""The daemon's heap on huge pages, in real processes: a malloc heap moves onto transparent
+huge pages as it grows and the interpreter carries on (forks included), nothing moves in an
+interpreter on pymalloc, the daemon a client starts runs on huge pages, HOOKOPT_HUGEPAGES=0
+switches it off, and the hooks' fork servers keep their interpreter's own allocator."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from modules.optimization.hugepages import STARTUP_ENV, SWITCH, startup_env
+from modules.optimization.installer import install
 from tests.daemon_helpers import ROOT, decision, pre_event, wait_for
 
 
@@ -24,28 +25,20 @@ def _thp_usable() -> bool:
     return ("[never]" not in mode) and (major, minor) >= (6, 1)
 
 
-# Runs HugePages in a fresh interpreter, then uses it hard (imports, a big heap, a fork) and
-# reports what moved, what the kernel says is on huge pages, and that every answer is right.
+# Runs HeapPages in a fresh interpreter, then uses it hard (a big heap, a fork) and reports
+# what moved, what the kernel says is on huge pages, and that every answer is right.
 PROBE = r"""
 import json, os, re, sys
 sys.path.insert(0, os.environ["ROOT"])
-from modules.optimization.hugepages import HugePages
+from modules.optimization.hugepages import HeapPages
 
 def anon_huge_kb():
     for line in open("/proc/self/smaps_rollup"):
         if line.startswith("AnonHugePages:"):
             return int(line.split()[1])
 
-def maps_of(name):
-    return [line.split()[1] for line in open("/proc/self/maps") if line.rstrip().endswith(name)]
-
-lib = os.path.realpath(sys.executable)
-for line in open("/proc/self/maps"):
-    if "libpython" in line:
-        lib = line.split()[-1]
-before = maps_of(lib)
-pages = HugePages()
-heap = [{"n": i, "s": str(i) * 3} for i in range(200_000)]  # ~40 MB on the heap
+pages = HeapPages()
+heap = [{"n": i, "s": str(i) * 3} for i in range(200_000)]  # ~40 MB on the heap (when malloc's)
 collapsed = pages.collapse()
 again = pages.collapse()  # nothing grew since
 huge_kb = anon_huge_kb()  # before the fork: a page written by both sides after it is split
@@ -59,11 +52,7 @@ if pid == 0:
 os.close(w)
 child = json.loads(os.read(r, 65536))
 _, status = os.waitpid(pid, 0)
-print(json.dumps({
-    "text": pages.text_bytes, "collapsed": collapsed, "again": again, "huge_kb": huge_kb,
-    "child": child, "child_exit": os.waitstatus_to_exitcode(status),
-    "file_pages_before": before, "file_pages_after": maps_of(lib),
-}))
+print(json.dumps({"collapsed": collapsed, "again": again, "huge_kb": huge_kb, "child": child, "child_exit": os.waitstatus_to_exitcode(status)}))
 """
 
 
@@ -81,30 +70,26 @@ def _answers_right(report):
     assert report["child"] == {"total": sum(range(200_000)) + 3, "dump": json.dumps({"n": 12345, "s": "123451234512345"})}
 
 
-def test_code_and_heap_move_onto_huge_pages_and_the_interpreter_and_its_forks_carry_on():
+def test_a_malloc_heap_moves_onto_huge_pages_and_the_interpreter_and_its_forks_carry_on():
     report = _probe(**STARTUP_ENV)
     _answers_right(report)
     assert report["again"] == 0  # nothing grew: nothing to do
     if not _thp_usable():  # nothing to gain here: nothing may have moved either
-        assert (report["text"], report["collapsed"]) == (0, 0) and report["file_pages_after"] == report["file_pages_before"]
+        assert report["collapsed"] == 0
         return
-    assert report["text"] >= 2 << 20 and report["text"] % (2 << 20) == 0
-    assert report["collapsed"] >= 30 << 20  # the 40 MB heap, in whole 2 MiB blocks
-    assert report["huge_kb"] * 1024 >= report["text"] + report["collapsed"]
-    # The code left the file mapping, block by block; its writable data did not.
-    assert len(report["file_pages_after"]) < len(report["file_pages_before"]) or "r-xp" not in report["file_pages_after"]
-    assert "rw-p" in report["file_pages_after"]
+    assert report["collapsed"] >= 30 << 20 and report["collapsed"] % (2 << 20) == 0  # the 40 MB heap, in whole blocks
+    assert report["huge_kb"] * 1024 >= report["collapsed"]
 
 
 def test_an_interpreter_on_pymalloc_is_left_as_it_was():
     report = _probe()
     _answers_right(report)
-    assert (report["text"], report["collapsed"]) == (0, 0)
-    assert report["file_pages_after"] == report["file_pages_before"]
+    assert report["collapsed"] == 0 and report["huge_kb"] == 0
 
 
 def test_the_switch_keeps_the_allocator_of_what_we_start():
     assert startup_env({}) == STARTUP_ENV == {"PYTHONMALLOC": "malloc"}
+    assert startup_env({}) is not STARTUP_ENV  # a copy: callers may change it
     assert startup_env({SWITCH: "0"}) == {}
     assert startup_env({SWITCH: "1"}) == STARTUP_ENV
 
@@ -125,8 +110,8 @@ def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
     status = wait_for(rt.status, what="the daemon the client started")
     assert _environ(status["pid"]).get(b"PYTHONMALLOC") == b"malloc"
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # and it answers as before
-    if _thp_usable():
-        wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's code on huge pages")
+    if _thp_usable():  # collapsed on its first ticks
+        wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's heap on huge pages")
 
 
 def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
@@ -135,3 +120,20 @@ def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
     status = wait_for(rt.status, what="the daemon the client started")
     assert b"PYTHONMALLOC" not in _environ(status["pid"])
     assert _anon_huge_kb(status["pid"]) == 0
+
+
+def test_the_hooks_fork_servers_keep_their_interpreters_allocator(rt):
+    hooks = rt.project / ".claude" / "hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "mark.py").write_text("import os, sys\nprint('allocator', os.environ.get('PYTHONMALLOC'), file=sys.stderr)\nsys.exit(2)\n")
+    settings = {"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": f"python3 {hooks / 'mark.py'}"}]}]}}
+    (rt.project / ".claude" / "settings.json").write_text(json.dumps(settings))
+    install(rt.project, consolidate_hooks=True, client="python", say=lambda _: None)
+    rt.start()
+    for _ in range(3):  # the first runs may be spawned while the fork server starts
+        proc = rt.hook(pre_event(rt.project, "ls"), script="stack")
+        assert b"allocator None" in proc.stdout + proc.stderr, proc
+    status = rt.status()
+    assert status["legacy"]["warm_runs"] >= 1
+    zygotes = [int(p) for p in subprocess.run(["pgrep", "-P", str(status["pid"]), "-f", "forkserver.py"], capture_output=True, text=True).stdout.split()]
+    assert zygotes and all(b"PYTHONMALLOC" not in _environ(pid) for pid in zygotes)

@@ -36,7 +36,7 @@ from . import wire
 from .dispatch import SECTION_LIMITS, Dispatcher
 from .hook_integration import Engine
 from .http_transport import http_endpoint, serve_http
-from .hugepages import HugePages
+from .hugepages import HeapPages
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
 from .logfile import log_to
 from .paths import state_dir, write_private
@@ -142,7 +142,7 @@ class Daemon(Dispatcher):
         self._ingest_error = ""
         self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
         self.exit_code = EXIT_OK
-        self.huge_pages = HugePages()  # what warms up (zygotes, stacks, caches) moves to huge pages tick by tick
+        self.heap_pages = HeapPages()  # what warms up (zygotes, stacks, caches) moves to huge pages tick by tick
         self._identity = _identity(project)
 
     def _stamps(self) -> dict[str, int]:
@@ -235,7 +235,7 @@ class Daemon(Dispatcher):
             if ticks % _SAMPLE_EVERY == 0:
                 self.adapt()
             self.maintain(prune=ticks % _PRUNE_EVERY == 0)
-            self.huge_pages.collapse()
+            self.heap_pages.collapse()
             self.heartbeat()
             if self.project_moved():
                 log.error("project directory %s was moved or removed; exiting (clients answer in-process)", self.project)

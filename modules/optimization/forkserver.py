@@ -84,7 +84,6 @@ if MYPY:
         _wait_for_job,
         _wait_on_cpu,
     )
-    from .hugepages import HugePages  # read into this module's namespace below
 
 try:
     import ctypes
@@ -350,7 +349,6 @@ class _Zygote:
         turn = _CPU_FIRST % len(_CPUS) if _CPUS else 0
         cpu = min(_CPUS[turn:] + _CPUS[:turn], key=waiting.count) if _CPUS else -1
         gc.freeze()  # as for a direct fork (see handle)
-        _HUGE_PAGES.collapse()  # what the last preload and compiles added: the spares share huge pages
         pid = os.fork()
         if pid == 0:
             ours.detach()  # leave() closes its fd; the object must not close that number again later
@@ -569,10 +567,6 @@ class _Zygote:
 _CHILD_PART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkserver_child.py")
 with open(_CHILD_PART, "rb") as _part:
     exec(compile(_part.read(), _CHILD_PART, "exec"), globals())
-# HugePages, read the same way (the daemon imports that file as a module).
-_HEAP_PART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hugepages.py")
-with open(_HEAP_PART, "rb") as _part:
-    exec(compile(_part.read(), _HEAP_PART, "exec"), globals())
 del _part
 
 if __name__ == "__main__":
@@ -586,7 +580,6 @@ if __name__ == "__main__":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     if len(sys.argv) > 3:
         _CPU_FIRST = int(sys.argv[3])
-    _HUGE_PAGES = HugePages()
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
     _module = _job.get("module")

@@ -17,7 +17,6 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from .hugepages import startup_env
 from .protocol import HookResult
 from .spawn import _close, _collect, _killpg, _pipes, _prefill, _readable, _received_fds, _sendmsg
 
@@ -108,7 +107,7 @@ class ForkServer:
             self._proc = await asyncio.create_subprocess_exec(
                 self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()), *(exits_name or ("-",)), str(self.cpu_first),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**startup_env(self.env), **self.env}, cwd=self.cwd,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
             )  # fmt: skip
         except OSError as exc:
             ours.close()
