@@ -102,7 +102,7 @@ class Runtime:
         """Start a daemon the way a client would and wait until it answers."""
         subprocess.Popen(
             [sys.executable, "-m", "modules.optimization.daemon", "--project", str(self.project)],
-            env={**startup_env(self.env), **self.env}, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**self.env, **startup_env(self.env)}, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         return wait_for(self.status, what="the daemon to answer status")

@@ -1,18 +1,20 @@
 """The daemon's heap on huge pages, in real processes: a malloc heap moves onto transparent
-huge pages as it grows and the interpreter carries on (forks included), nothing moves in an
-interpreter on pymalloc, the daemon a client starts runs on huge pages, HOOKOPT_HUGEPAGES=0
-switches it off, and the hooks' fork servers keep their interpreter's own allocator."""
+huge pages as it grows and the interpreter carries on (forks included); the daemon a client
+starts runs on huge pages while neither the hooks it runs (command and http transports)
+nor their fork servers see the variable that put it there; HOOKOPT_HUGEPAGES=0, or an
+allocator the user chose, keeps Python's own."""
 
 import json
 import os
 import platform
+import posix
 import subprocess
 import sys
 from pathlib import Path
 
-from modules.optimization.hugepages import STARTUP_ENV, SWITCH, startup_env
+from modules.optimization.hugepages import ADDED_ENV, SWITCH, startup_env, take_back
 from modules.optimization.installer import install
-from tests.daemon_helpers import ROOT, decision, pre_event, wait_for
+from tests.daemon_helpers import ROOT, decision, http_post, pre_event, project_with_hook, wait_for
 
 
 def _thp_usable() -> bool:
@@ -37,7 +39,7 @@ def anon_huge_kb():
         if line.startswith("AnonHugePages:"):
             return int(line.split()[1])
 
-pages = HeapPages()
+pages = HeapPages(on_malloc=os.environ.get("PYTHONMALLOC") == "malloc")
 heap = [{"n": i, "s": str(i) * 3} for i in range(200_000)]  # ~40 MB on the heap (when malloc's)
 collapsed = pages.collapse()
 again = pages.collapse()  # nothing grew since
@@ -71,7 +73,7 @@ def _answers_right(report):
 
 
 def test_a_malloc_heap_moves_onto_huge_pages_and_the_interpreter_and_its_forks_carry_on():
-    report = _probe(**STARTUP_ENV)
+    report = _probe(PYTHONMALLOC="malloc")
     _answers_right(report)
     assert report["again"] == 0  # nothing grew: nothing to do
     if not _thp_usable():  # nothing to gain here: nothing may have moved either
@@ -87,11 +89,16 @@ def test_an_interpreter_on_pymalloc_is_left_as_it_was():
     assert report["collapsed"] == 0 and report["huge_kb"] == 0
 
 
-def test_the_switch_keeps_the_allocator_of_what_we_start():
-    assert startup_env({}) == STARTUP_ENV == {"PYTHONMALLOC": "malloc"}
-    assert startup_env({}) is not STARTUP_ENV  # a copy: callers may change it
+def test_startup_env_adds_malloc_unless_switched_off_or_chosen_and_the_daemon_takes_it_back():
+    assert startup_env({}) == {"PYTHONMALLOC": "malloc", ADDED_ENV: "PYTHONMALLOC"}
     assert startup_env({SWITCH: "0"}) == {}
-    assert startup_env({SWITCH: "1"}) == STARTUP_ENV
+    assert startup_env({"PYTHONMALLOC": "debug"}) == {}  # the user's choice stands
+    env = {"HOME": "/h", **startup_env({})}
+    assert take_back(env) is True and env == {"HOME": "/h"}
+    chosen = {"PYTHONMALLOC": "malloc"}  # the user's own: on malloc, and kept
+    assert take_back(chosen) is True and chosen == {"PYTHONMALLOC": "malloc"}
+    debug = {"PYTHONMALLOC": "debug"}
+    assert take_back(debug) is False and debug == {"PYTHONMALLOC": "debug"}
 
 
 def _environ(pid):
@@ -108,7 +115,7 @@ def _anon_huge_kb(pid):
 def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # answered in-process; starts the daemon
     status = wait_for(rt.status, what="the daemon the client started")
-    assert _environ(status["pid"]).get(b"PYTHONMALLOC") == b"malloc"
+    assert _environ(status["pid"]).get(b"PYTHONMALLOC") == b"malloc"  # how it started (its environ no longer has it)
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # and it answers as before
     if _thp_usable():  # collapsed on its first ticks
         wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's heap on huge pages")
@@ -122,12 +129,16 @@ def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
     assert _anon_huge_kb(status["pid"]) == 0
 
 
-def test_the_hooks_fork_servers_keep_their_interpreters_allocator(rt):
-    hooks = rt.project / ".claude" / "hooks"
-    hooks.mkdir(parents=True)
-    (hooks / "mark.py").write_text("import os, sys\nprint('allocator', os.environ.get('PYTHONMALLOC'), file=sys.stderr)\nsys.exit(2)\n")
-    settings = {"hooks": {"PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": f"python3 {hooks / 'mark.py'}"}]}]}}
-    (rt.project / ".claude" / "settings.json").write_text(json.dumps(settings))
+MARK = "import os, sys\nprint('allocator', os.environ.get('PYTHONMALLOC'), file=sys.stderr)\nsys.exit(2)\n"
+
+
+def _zygotes(daemon_pid):
+    found = subprocess.run(["pgrep", "-P", str(daemon_pid), "-f", "forkserver.py"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def test_hooks_and_their_fork_servers_never_see_the_daemons_allocator(rt):
+    project_with_hook(rt.project, "PreToolUse", "Bash", "mark.py", MARK)
     install(rt.project, consolidate_hooks=True, client="python", say=lambda _: None)
     rt.start()
     for _ in range(3):  # the first runs may be spawned while the fork server starts
@@ -135,5 +146,20 @@ def test_the_hooks_fork_servers_keep_their_interpreters_allocator(rt):
         assert b"allocator None" in proc.stdout + proc.stderr, proc
     status = rt.status()
     assert status["legacy"]["warm_runs"] >= 1
-    zygotes = [int(p) for p in subprocess.run(["pgrep", "-P", str(status["pid"]), "-f", "forkserver.py"], capture_output=True, text=True).stdout.split()]
+    zygotes = _zygotes(status["pid"])
+    assert zygotes and all(b"PYTHONMALLOC" not in _environ(pid) for pid in zygotes)
+
+
+def test_http_hooks_run_in_the_daemons_environment_without_its_allocator(rt, monkeypatch):
+    project_with_hook(rt.project, "PreToolUse", "Bash", "mark.py", MARK)
+    monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(rt.root).encode())  # the install's client starts it there
+    install(rt.project, transport="http", say=lambda _: None)
+    wait_for(rt.status, what="the daemon the install started")
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    for _ in range(3):
+        status, payload = http_post(endpoint["port"], json.dumps(pre_event(rt.project, "ls")).encode(), endpoint["token"], "/hook/stack")
+        assert status == 200 and b"allocator None" in payload, payload
+    daemon = rt.status()
+    assert daemon["legacy"]["warm_runs"] >= 1
+    zygotes = _zygotes(daemon["pid"])
     assert zygotes and all(b"PYTHONMALLOC" not in _environ(pid) for pid in zygotes)

@@ -108,10 +108,12 @@ def test_the_thin_client_loads_only_the_wire_module_until_it_falls_back():
         node.module for node in ast.parse(client.read_bytes()).body if isinstance(node, ast.ImportFrom) and node.level
     }
     assert top_level == {"wire"}
-    # fallback.py (the whole package behind it) only inside the functions of the slow path
+    # fallback.py (the whole package behind it) and hugepages.py (the environment a daemon is
+    # started with) only inside the functions of the slow paths
     assert graph()["modules.optimization.client"] - {"modules.optimization"} == {
         "modules.optimization.wire",
         "modules.optimization.fallback",
+        "modules.optimization.hugepages",
     }
 
 

@@ -128,8 +128,10 @@ def start_daemon(project: str) -> None:
     devnull = [(posix.POSIX_SPAWN_OPEN, fd, "/dev/null", posix.O_RDWR, 0) for fd in (0, 1, 2)]
     env = dict(posix.environ)
     env[b"PYTHONPATH"] = root.encode() + (b":" + env[b"PYTHONPATH"] if b"PYTHONPATH" in env else b"")
-    if env.get(b"HOOKOPT_HUGEPAGES") != b"0":
-        env.setdefault(b"PYTHONMALLOC", b"malloc")  # hugepages.startup_env: its heap can go on huge pages
+    from .hugepages import startup_env  # only when starting a daemon: its heap can go on huge pages
+
+    added = startup_env({k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape") for k, v in env.items()})
+    env.update((k.encode(), v.encode()) for k, v in added.items())
     try:
         # stdio go to /dev/null: Claude Code waits until every holder of the hook's pipes exits.
         posix.posix_spawn(

@@ -36,7 +36,7 @@ from . import wire
 from .dispatch import SECTION_LIMITS, Dispatcher
 from .hook_integration import Engine
 from .http_transport import http_endpoint, serve_http
-from .hugepages import HeapPages
+from .hugepages import HeapPages, take_back
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
 from .logfile import log_to
 from .paths import state_dir, write_private
@@ -142,7 +142,7 @@ class Daemon(Dispatcher):
         self._ingest_error = ""
         self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
         self.exit_code = EXIT_OK
-        self.heap_pages = HeapPages()  # what warms up (zygotes, stacks, caches) moves to huge pages tick by tick
+        self.heap_pages = HeapPages(on_malloc=False)  # the worker's: what warms up moves to huge pages tick by tick
         self._identity = _identity(project)
 
     def _stamps(self) -> dict[str, int]:
@@ -373,7 +373,7 @@ def _state_error(project: Path, exc: Exception) -> str:
     return str(exc) if isinstance(exc, ConfigError) else f"cannot keep state in {state_dir(project, create=False)}: {exc}"
 
 
-def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: Settings | None) -> int:
+def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: Settings | None, on_malloc: bool = False) -> int:
     """The supervised worker: build the daemon from the current settings and serve until it stops.
 
     A worker replacing a crashed one keeps the settings the supervisor started with when the
@@ -399,6 +399,7 @@ def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: 
         return _boot_failed(project, _state_error(project, exc))
     Path(wire.runtime_path(str(project), ".failed")).unlink(missing_ok=True)
     daemon.heartbeat = ctx.beat
+    daemon.heap_pages = HeapPages(on_malloc)
     daemon.supervision = ctx.info()
     asyncio.run(daemon.serve(listeners))
     return daemon.exit_code
@@ -422,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if lock is None:
         return EXIT_RUNNING
     os.environ["CLAUDE_PROJECT_DIR"] = str(project)  # validators read it at call time
+    on_malloc = take_back(os.environ)  # what the client added to start us is not the hooks' to see
     try:
         if not project.is_dir():
             # Renamed or removed: creating its state directory would resurrect an empty skeleton.
@@ -438,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             return _boot_failed(project, _state_error(project, exc))
         compile_client()
-        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx, started_with), Policy(final_codes=FINAL_EXITS))
+        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx, started_with, on_malloc), Policy(final_codes=FINAL_EXITS))
         try:
             code = supervisor.run()
         finally:

@@ -7,8 +7,9 @@ on, a page touched after 0.3 s idle costs 6-13 us, 2,000 of them 12 ms, the same
 on huge pages 0.24 ms), a heap on 2 MiB pages costs a few walks instead.
 
 Python's own allocator puts objects in 1 MiB arenas mapped wherever the kernel finds a
-gap, which no 2 MiB page can back. Started with PYTHONMALLOC=malloc (STARTUP_ENV: the
-clients start it so), the daemon's objects come from glibc's heap instead: one
+gap, which no 2 MiB page can back. Started with PYTHONMALLOC=malloc (startup_env: the
+clients start it so; it removes the variable from its environment at once), the
+daemon's objects come from glibc's heap instead: one
 contiguous region that madvise(MADV_HUGEPAGE) and MADV_COLLAPSE (Linux 6.1+) put on
 huge pages, block by block as it grows. Anything refused (THP "never", an older kernel,
 no ctypes) leaves the heap as it was. The fork servers are left alone: a hook runs
@@ -21,11 +22,12 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["STARTUP_ENV", "SWITCH", "HeapPages", "startup_env"]
+__all__ = ["ADDED_ENV", "SWITCH", "HeapPages", "startup_env", "take_back"]
 
-STARTUP_ENV: Final = {"PYTHONMALLOC": "malloc"}  # for the daemon: its objects go to glibc's heap
 SWITCH: Final = "HOOKOPT_HUGEPAGES"  # "0": start the daemon on Python's own allocator, pages untouched
+ADDED_ENV: Final = "HOOKOPT_ADDED_ENV"  # the names startup_env added, which the daemon takes back out
 
+_MALLOC: Final = ("PYTHONMALLOC", "malloc")
 _HUGE: Final = 2 << 20
 _MADV_HUGEPAGE: Final = 14
 _MADV_COLLAPSE: Final = 25
@@ -34,19 +36,34 @@ _M_TOP_PAD: Final = -2
 
 
 def startup_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """What to add to the environment of a daemon started from environ."""
-    return {} if environ.get(SWITCH) == "0" else dict(STARTUP_ENV)
+    """What to add to environ to start a daemon on glibc's malloc (nothing when switched off,
+    or when environ chooses an allocator itself)."""
+    name, value = _MALLOC
+    if environ.get(SWITCH) == "0" or name in environ:
+        return {}
+    return {name: value, ADDED_ENV: name}
+
+
+def take_back(environ: os._Environ[str]) -> bool:
+    """Remove what startup_env added from the daemon's own environment, before anything can
+    inherit it (the http transport's hooks run in it); whether objects are on malloc's heap."""
+    on_malloc = environ.get(_MALLOC[0]) == _MALLOC[1]
+    for name in environ.pop(ADDED_ENV, "").split(","):
+        if name in (_MALLOC[0],):
+            environ.pop(name, None)
+    return on_malloc
 
 
 class HeapPages:
-    """This process's malloc heap on huge pages, as it grows (a no-op on Python's own allocator)."""
+    """This process's malloc heap on huge pages, as it grows (on_malloc False: a no-op, the
+    objects being in pymalloc's arenas or a debug allocator's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_malloc: bool) -> None:
         self.libc: Any = None
         self.start: int | None = None
         self.collapsed_to = 0  # the heap's end at the last collapse
-        if os.environ.get("PYTHONMALLOC") != STARTUP_ENV["PYTHONMALLOC"]:
-            return  # objects in pymalloc's arenas (or a debug allocator): nothing to gain
+        if not on_malloc:
+            return
         try:
             import ctypes
 
