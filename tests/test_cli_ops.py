@@ -29,6 +29,7 @@ def test_status_not_running_then_running(rt):
     out = running.stdout
     assert f"pid {rt.pid()}" in out and "profile: balanced" in out
     assert "cache:" in out and "hit rate" in out and "breakers: all" in out
+    assert "heap: glibc malloc, " in out and " MB on huge pages" in out  # started as a client starts it
     assert "event:PreToolUse" in out and "validator:recursive_delete" in out
     as_json = json.loads(hookopt(rt, "status", "--json").stdout)
     assert as_json["running"] and as_json["daemon"]["events"] == 3

@@ -117,6 +117,7 @@ def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
     status = wait_for(rt.status, what="the daemon the client started")
     assert _environ(status["pid"]).get(b"PYTHONMALLOC") == b"malloc"  # how it started (its environ no longer has it)
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # and it answers as before
+    assert rt.status()["heap"]["allocator"] == "malloc"
     if _thp_usable():  # collapsed on its first ticks
         wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's heap on huge pages")
 
@@ -127,6 +128,7 @@ def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
     status = wait_for(rt.status, what="the daemon the client started")
     assert b"PYTHONMALLOC" not in _environ(status["pid"])
     assert _anon_huge_kb(status["pid"]) == 0
+    assert status["heap"] == {"allocator": "pymalloc", "huge_pages_kb": 0}
 
 
 MARK = "import os, sys\nprint('allocator', os.environ.get('PYTHONMALLOC'), file=sys.stderr)\nsys.exit(2)\n"

@@ -218,6 +218,14 @@ def _enabled_in_settings(project: Path) -> bool:
 _ASK = object()
 
 
+def _heap_line(heap: Mapping[str, Any]) -> str:
+    huge = heap.get("huge_pages_kb")
+    pages = "" if huge is None else f", {huge / 1024:.0f} MB on huge pages"
+    if heap.get("allocator") == "malloc":
+        return f"glibc malloc{pages}"
+    return f"Python's allocator{pages} (started with HOOKOPT_HUGEPAGES=0 or the user's own PYTHONMALLOC)"
+
+
 def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str | None = None) -> int:
     """Show the installs, the daemon, profile, pool, cache, breakers and per-hook latency.
 
@@ -257,6 +265,8 @@ def cmd_status(project: Path, as_json: bool, *, status: Any = _ASK, scope: str |
         restarts = sup["restarts"]
         last = f" (last: {sup['last_exit']})" if sup.get("last_exit") else ""
         print(f"supervisor: pid {sup['pid']}, {restarts} restart{'' if restarts == 1 else 's'}{last}")
+    if heap := status.get("heap"):
+        print(f"heap: {_heap_line(heap)}")
     print(f"profile: {status['profile']}")
     print(f"pool: {pool.get('workers')} workers ({pool.get('idle')} idle), queue {pool.get('queue_depth')}")
     print(f"cache: {cache['size']} entries, hit rate {cache['hit_rate']:.0%} ({cache['hits']} hits, {cache['misses']} misses)")

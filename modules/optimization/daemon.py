@@ -142,7 +142,6 @@ class Daemon(Dispatcher):
         self._ingest_error = ""
         self.heartbeat: Callable[[], None] = _no_beat  # a supervised worker tells its supervisor it lives
         self.exit_code = EXIT_OK
-        self.heap_pages = HeapPages(on_malloc=False)  # the worker's: what warms up moves to huge pages tick by tick
         self._identity = _identity(project)
 
     def _stamps(self) -> dict[str, int]:

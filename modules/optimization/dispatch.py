@@ -26,6 +26,7 @@ from . import wire
 from .async_db import ObserverLog
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .http_transport import http_endpoint
+from .hugepages import HeapPages
 from .integrated_optimizer import ConfigError, Settings
 from .journal_writer import JournalWriter
 from .legacy_runner import LegacyRunner
@@ -106,6 +107,7 @@ class Dispatcher:
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
+        self.heap_pages = HeapPages(on_malloc=False)  # the daemon's worker sets its own (daemon.work)
 
     async def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
         # On the daemon's own loop: each thread hand-off costs more CPU than the analysis itself.
@@ -306,6 +308,7 @@ class Dispatcher:
             "metrics_port": self.endpoint.get("metrics_port"),
             "monitor": self.monitor.snapshot(),
             "supervisor": self.supervision,
+            "heap": self.heap_pages.stats(),
         }
 
     def _refresh_stacks(self) -> None:

@@ -59,6 +59,7 @@ class HeapPages:
     objects being in pymalloc's arenas or a debug allocator's)."""
 
     def __init__(self, on_malloc: bool) -> None:
+        self.on_malloc = on_malloc
         self.libc: Any = None
         self.start: int | None = None
         self.collapsed_to = 0  # the heap's end at the last collapse
@@ -99,6 +100,22 @@ class HeapPages:
         done = sum(_HUGE for block in range(lo, hi, _HUGE) if self.libc.madvise(block, _HUGE, _MADV_COLLAPSE) == 0)
         self.collapsed_to = hi
         return done
+
+
+    def stats(self) -> dict[str, Any]:
+        """For `hookopt status`: the allocator, and how much of the process the kernel holds on huge pages."""
+        return {"allocator": "malloc" if self.on_malloc else "pymalloc", "huge_pages_kb": _anon_huge_kb()}
+
+
+def _anon_huge_kb() -> int | None:
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _heap_start() -> int | None:
