@@ -40,6 +40,14 @@ def anon_huge_kb():
             return int(line.split()[1])
 
 pages = HeapPages(on_malloc=os.environ.get("PYTHONMALLOC") == "malloc")
+import ctypes
+sbrk = ctypes.CDLL(None).sbrk
+sbrk.restype, sbrk.argtypes = ctypes.c_void_p, (ctypes.c_ssize_t,)
+top = sbrk(0)
+for _ in range(3):  # a 16 MB event (the largest), freed, then another: mapped apart, never the heap's for good
+    big = bytearray(16 << 20)
+    del big
+grown = sbrk(0) - top
 heap = [{"n": i, "s": str(i) * 3} for i in range(200_000)]  # ~40 MB on the heap (when malloc's)
 collapsed = pages.collapse()
 again = pages.collapse()  # nothing grew since
@@ -54,7 +62,7 @@ if pid == 0:
 os.close(w)
 child = json.loads(os.read(r, 65536))
 _, status = os.waitpid(pid, 0)
-print(json.dumps({"collapsed": collapsed, "again": again, "huge_kb": huge_kb, "child": child, "child_exit": os.waitstatus_to_exitcode(status)}))
+print(json.dumps({"grown": grown, "collapsed": collapsed, "again": again, "huge_kb": huge_kb, "child": child, "child_exit": os.waitstatus_to_exitcode(status)}))
 """
 
 
@@ -76,6 +84,7 @@ def test_a_malloc_heap_moves_onto_huge_pages_and_the_interpreter_and_its_forks_c
     report = _probe(PYTHONMALLOC="malloc")
     _answers_right(report)
     assert report["again"] == 0  # nothing grew: nothing to do
+    assert report["grown"] < 8 << 20  # large blocks went back to the system
     if not _thp_usable():  # nothing to gain here: nothing may have moved either
         assert report["collapsed"] == 0
         return

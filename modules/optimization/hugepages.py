@@ -75,6 +75,9 @@ class HeapPages:
         except (ImportError, OSError, AttributeError):
             return
         # Grow in 2 MiB steps and never give the top back: each trim would split a huge page.
+        # Setting these also fixes glibc's mmap threshold at 128 KiB (it would otherwise rise to
+        # the largest block freed), so a large event's blocks are still mapped on their own and
+        # returned when freed, never the heap's for good.
         libc.mallopt(_M_TOP_PAD, _HUGE)
         libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
         self.libc = libc
