@@ -24,7 +24,6 @@ from typing import Any, Final
 
 from . import wire
 from .async_db import ObserverLog
-from .file_watch import FileWatch
 from .hook_integration import GUARDED_EVENTS, Engine, bad_input, not_recorded
 from .http_transport import http_endpoint
 from .hugepages import HeapPages
@@ -105,7 +104,6 @@ class Dispatcher:
         # Hooks marked as observers: journaled before the answer, run after it (observers.py).
         self.observer_runs = ObserverRuns(self.state, self._run_observers, idle_for=lambda: self.clock() - self.last_activity)
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
-        self._watch = FileWatch(self.stacks.watched())  # before the stamps: a change after them is seen
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
@@ -315,24 +313,14 @@ class Dispatcher:
 
     def _refresh_stacks(self) -> None:
         """Reload the installs if a scope's manifest or settings changed: an install of another
-        scope (the user scope serves every project's daemon) counts from its first event.
-        The files are stat'ed only when their directories' watch saw something (file_watch.py)."""
-        if self._watch.usable:
-            if not self._watch.maybe_changed():
-                return
-            self._rewatch()  # before looking: what changes after the look is seen next time
+        scope (the user scope serves every project's daemon) counts from its first event."""
         stamps = _file_stamps(self.stacks.watched())
         if stamps != self._stack_stamps:
             try:
                 self.stacks = load_stacks(self.project)
             except ValueError as exc:
                 log.error("install manifest unreadable, keeping the previous one: %s", exc)
-            self._rewatch()  # the installs' files may be others now
             self._stack_stamps = _file_stamps(self.stacks.watched())
-
-    def _rewatch(self) -> None:
-        self._watch.close()
-        self._watch = FileWatch(self.stacks.watched())
 
 
 
