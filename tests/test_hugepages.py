@@ -12,19 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modules.optimization.hugepages import ADDED_ENV, SWITCH, startup_env, take_back
+from modules.optimization.hugepages import ADDED_ENV, SWITCH, anon_huge_kb, startup_env, take_back
 from modules.optimization.installer import install
 from tests.daemon_helpers import ROOT, decision, http_post, pre_event, project_with_hook, wait_for
 
 
+def _thp_mode() -> str:
+    try:
+        return Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "[never]"
+
+
 def _thp_usable() -> bool:
     """THP may be asked for (madvise or always) and MADV_COLLAPSE exists (Linux 6.1+)."""
-    try:
-        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return False
     major, minor = (int(x) for x in platform.release().split(".")[:2])
-    return ("[never]" not in mode) and (major, minor) >= (6, 1)
+    return "[never]" not in _thp_mode() and (major, minor) >= (6, 1)
 
 
 # Runs HeapPages in a fresh interpreter, then uses it hard (a big heap, a fork) and reports
@@ -32,12 +35,7 @@ def _thp_usable() -> bool:
 PROBE = r"""
 import json, os, re, sys
 sys.path.insert(0, os.environ["ROOT"])
-from modules.optimization.hugepages import HeapPages
-
-def anon_huge_kb():
-    for line in open("/proc/self/smaps_rollup"):
-        if line.startswith("AnonHugePages:"):
-            return int(line.split()[1])
+from modules.optimization.hugepages import HeapPages, anon_huge_kb
 
 pages = HeapPages(on_malloc=os.environ.get("PYTHONMALLOC") == "malloc")
 import ctypes
@@ -95,7 +93,8 @@ def test_a_malloc_heap_moves_onto_huge_pages_and_the_interpreter_and_its_forks_c
 def test_an_interpreter_on_pymalloc_is_left_as_it_was():
     report = _probe()
     _answers_right(report)
-    assert report["collapsed"] == 0 and report["huge_kb"] == 0
+    assert report["collapsed"] == 0
+    assert report["huge_kb"] == 0 or "[always]" in _thp_mode()  # nothing asked for huge pages
 
 
 def test_startup_env_adds_malloc_unless_switched_off_or_chosen_and_the_daemon_takes_it_back():
@@ -114,13 +113,6 @@ def _environ(pid):
     return dict(item.partition(b"=")[::2] for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if item)
 
 
-def _anon_huge_kb(pid):
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("AnonHugePages:"):
-            return int(line.split()[1])
-    return 0
-
-
 def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # answered in-process; starts the daemon
     status = wait_for(rt.status, what="the daemon the client started")
@@ -128,7 +120,7 @@ def test_the_daemon_a_client_starts_runs_on_huge_pages(rt):
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"))) == "deny"  # and it answers as before
     assert rt.status()["heap"]["allocator"] == "malloc"
     if _thp_usable():  # collapsed on its first ticks
-        wait_for(lambda: _anon_huge_kb(status["pid"]) >= 2048, what="the daemon's heap on huge pages")
+        wait_for(lambda: anon_huge_kb(status["pid"]) >= 2048, what="the daemon's heap on huge pages")
 
 
 def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
@@ -136,8 +128,9 @@ def test_a_client_with_the_switch_off_starts_a_daemon_on_pymalloc(rt):
     assert decision(rt.hook(pre_event(rt.project, "rm -rf /"), env=env)) == "deny"
     status = wait_for(rt.status, what="the daemon the client started")
     assert b"PYTHONMALLOC" not in _environ(status["pid"])
-    assert _anon_huge_kb(status["pid"]) == 0
-    assert status["heap"] == {"allocator": "pymalloc", "huge_pages_kb": 0}
+    assert anon_huge_kb(status["pid"]) == 0 or "[always]" in _thp_mode()  # nothing asked for huge pages
+    assert status["heap"]["allocator"] == "pymalloc"
+    assert status["heap"]["huge_pages_kb"] == 0 or "[always]" in _thp_mode()
 
 
 MARK = "import os, sys\nprint('allocator', os.environ.get('PYTHONMALLOC'), file=sys.stderr)\nsys.exit(2)\n"

@@ -36,7 +36,7 @@ from . import wire
 from .dispatch import SECTION_LIMITS, Dispatcher
 from .hook_integration import Engine
 from .http_transport import http_endpoint, serve_http
-from .hugepages import HeapPages, take_back
+from .hugepages import take_back
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
 from .logfile import log_to
 from .paths import state_dir, write_private
@@ -132,8 +132,10 @@ def _no_beat() -> None:
 class Daemon(Dispatcher):
     """Serve hook events for one project until idle, told to stop, or killed."""
 
-    def __init__(self, project: Path, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(project, settings, clock=clock)
+    def __init__(
+        self, project: Path, settings: Settings, *, clock: Callable[[], float] = time.monotonic, on_malloc: bool = False
+    ) -> None:
+        super().__init__(project, settings, clock=clock, on_malloc=on_malloc)
         self._watched = self._stamps()
         self.switcher = AdaptiveSwitcher(settings) if settings.adaptive else None
         self._sampled = (self.clock(), 0)
@@ -393,12 +395,11 @@ def work(project: Path, listeners: Listeners, ctx: WorkerContext, started_with: 
             mark_disabled(project)
             return EXIT_OK
         Path(wire.runtime_path(str(project), wire.DISABLED_SUFFIX)).unlink(missing_ok=True)
-        daemon = Daemon(project, settings)
+        daemon = Daemon(project, settings, on_malloc=on_malloc)
     except (ConfigError, OSError, sqlite3.Error) as exc:
         return _boot_failed(project, _state_error(project, exc))
     Path(wire.runtime_path(str(project), ".failed")).unlink(missing_ok=True)
     daemon.heartbeat = ctx.beat
-    daemon.heap_pages = HeapPages(on_malloc)
     daemon.supervision = ctx.info()
     asyncio.run(daemon.serve(listeners))
     return daemon.exit_code

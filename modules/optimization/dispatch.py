@@ -78,7 +78,9 @@ def _parse_env(raw: bytes) -> dict[str, str]:
 class Dispatcher:
     """Answer one project's requests: the daemon's state and every op's path."""
 
-    def __init__(self, project: Path, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, project: Path, settings: Settings, *, clock: Callable[[], float] = time.monotonic, on_malloc: bool = False
+    ) -> None:
         self.project = project
         self.settings = settings
         self.clock = clock
@@ -107,7 +109,7 @@ class Dispatcher:
         self._stack_stamps = _file_stamps(self.stacks.watched())
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
-        self.heap_pages = HeapPages(on_malloc=False)  # the daemon's worker sets its own (daemon.work)
+        self.heap_pages = HeapPages(on_malloc)  # collapsed on the daemon's ticks as it grows
 
     async def _analyze(self, ctx: dict[str, Any]) -> dict[str, Any]:
         # On the daemon's own loop: each thread hand-off costs more CPU than the analysis itself.

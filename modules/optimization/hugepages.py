@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
-__all__ = ["ADDED_ENV", "SWITCH", "HeapPages", "startup_env", "take_back"]
+__all__ = ["ADDED_ENV", "SWITCH", "HeapPages", "anon_huge_kb", "startup_env", "take_back"]
 
 SWITCH: Final = "HOOKOPT_HUGEPAGES"  # "0": start the daemon on Python's own allocator, pages untouched
 ADDED_ENV: Final = "HOOKOPT_ADDED_ENV"  # the names startup_env added, which the daemon takes back out
@@ -47,10 +47,10 @@ def startup_env(environ: Mapping[str, str]) -> dict[str, str]:
 def take_back(environ: os._Environ[str]) -> bool:
     """Remove what startup_env added from the daemon's own environment, before anything can
     inherit it (the http transport's hooks run in it); whether objects are on malloc's heap."""
-    on_malloc = environ.get(_MALLOC[0]) == _MALLOC[1]
-    for name in environ.pop(ADDED_ENV, "").split(","):
-        if name in (_MALLOC[0],):
-            environ.pop(name, None)
+    name, value = _MALLOC
+    on_malloc = environ.get(name) == value
+    if name in environ.pop(ADDED_ENV, "").split(","):  # ours, not the user's own
+        environ.pop(name, None)
     return on_malloc
 
 
@@ -104,15 +104,15 @@ class HeapPages:
         self.collapsed_to = hi
         return done
 
-
     def stats(self) -> dict[str, Any]:
         """For `hookopt status`: the allocator, and how much of the process the kernel holds on huge pages."""
-        return {"allocator": "malloc" if self.on_malloc else "pymalloc", "huge_pages_kb": _anon_huge_kb()}
+        return {"allocator": "malloc" if self.on_malloc else "pymalloc", "huge_pages_kb": anon_huge_kb()}
 
 
-def _anon_huge_kb() -> int | None:
+def anon_huge_kb(pid: int | str = "self") -> int | None:
+    """How much of a process's anonymous memory the kernel holds on huge pages (None: unknown)."""
     try:
-        with open("/proc/self/smaps_rollup") as rollup:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
             for line in rollup:
                 if line.startswith("AnonHugePages:"):
                     return int(line.split()[1])
