@@ -75,6 +75,7 @@ if MYPY:
         _fresh_main,
         _is_pyc,
         _kill_group,
+        _own_pages,
         _precompile,
         _quote_from,
         _received_fds,
@@ -355,6 +356,7 @@ class _Zygote:
             self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
+            _own_pages(theirs)
             _wait_on_cpu(cpu)
             return _wait_for_job(theirs)
         theirs.close()
