@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from modules.optimization.forkserver_client import ForkServer
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import HookResult
@@ -134,6 +135,26 @@ def test_identical_to_sh(case: Case, runner: LegacyRunner, loop: asyncio.Abstrac
         assert got.stderr == expected.stderr
         assert after["warm_runs"] - before["warm_runs"] == int(case.warm), after
         assert after["spawned_runs"] - before["spawned_runs"] == int(not case.warm), after
+    if case.warm:
+        # And once more in a spare: forked ahead, its pages copied, waiting under SCHED_BATCH.
+        server = runner.servers[-1]  # the zygote used last
+        spares = _spares_waiting(server, loop)
+        got = loop.run_until_complete(runner.run(case.command, stdin=case.event, env=env, cwd=str(project), timeout_s=60))
+        assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
+        assert spares - {pid for pid, _ in server._spares}, "no spare took the run"
+
+
+def _spares_waiting(server: ForkServer, loop: asyncio.AbstractEventLoop) -> set[int]:
+    """The pids of the spares a zygote holds, once it has forked one."""
+
+    async def wait() -> set[int]:
+        for _ in range(500):
+            if server._spares:
+                return {pid for pid, _ in server._spares}
+            await asyncio.sleep(0.01)
+        raise AssertionError("no spare was forked")
+
+    return loop.run_until_complete(wait())
 
 
 def test_second_run_is_identical_too(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:

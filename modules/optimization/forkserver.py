@@ -67,6 +67,7 @@ if MYPY:
         _CODES,
         _CPUS,
         _OWN_IDS,
+        _POLICY,
         _compiled,
         _conclude,
         _exit_fast,
@@ -84,6 +85,7 @@ if MYPY:
         _stdio,
         _wait_for_job,
         _wait_on_cpu,
+        _yield_on_wake,
     )
 
 try:
@@ -354,6 +356,7 @@ class _Zygote:
         if pid == 0:
             ours.detach()  # leave() closes its fd; the object must not close that number again later
             self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
+            _yield_on_wake()
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
             _own_pages(theirs)
@@ -517,6 +520,11 @@ class _Zygote:
                 os.sched_setaffinity(0, _AFFINITY)  # the script runs with the zygote's own (see _wait_on_cpu)
             except OSError:
                 pass  # the allowed set shrank since: the kernel keeps us where we may run
+        if _POLICY == getattr(os, "SCHED_OTHER", None):
+            try:
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         for fd in fds:
@@ -548,7 +556,7 @@ class _Zygote:
         sys.path_importer_cache[filename] = None  # the interpreter asked the path hooks about it
         self.stdio_and_main()
         code_path = str(msg["code_path"])
-        if os.path.realpath(code_path) != os.path.realpath(filename):
+        if code_path != filename and os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
         code = _compiled(code_path, filename)
         pyc = code is None and _is_pyc(code_path, filename)

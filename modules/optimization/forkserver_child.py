@@ -272,6 +272,27 @@ try:
 except (AttributeError, OSError):
     _AFFINITY = None
 _CPUS = sorted(_AFFINITY) if _AFFINITY is not None and len(_AFFINITY) > 1 else []
+# The zygote's scheduling policy: its spares wait under SCHED_BATCH and get this back.
+try:
+    _POLICY: "int | None" = os.sched_getscheduler(0)
+except (AttributeError, OSError):
+    _POLICY = None
+
+
+def _yield_on_wake() -> None:
+    """In a spare: never preempt whoever wakes us (SCHED_BATCH), until become_child.
+
+    The daemon hands an event's runs to its spares one after another. A spare woken on
+    the daemon's own processor would preempt it before it has handed over the next run
+    (the daemon then waits for that whole hook); under SCHED_BATCH, which never preempts
+    on wake-up, it waits its turn. become_child restores the zygote's own policy before
+    the script's first line (SCHED_BATCH -> SCHED_OTHER needs no privilege).
+    """
+    if _POLICY == getattr(os, "SCHED_OTHER", None):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def _wait_on_cpu(cpu: int) -> None:
