@@ -161,7 +161,7 @@ def test_zygotes_spread_their_first_spares_over_the_processors(loop: asyncio.Abs
                         break
                     await asyncio.sleep(0.01)
                 pid = server._spares[0][0]
-                for _ in range(500):  # pinned once it has copied the zygote's pages (see _own_pages)
+                for _ in range(500):  # pinned once it is ready to wait
                     if len(os.sched_getaffinity(pid)) == 1:
                         break
                     await asyncio.sleep(0.01)
@@ -173,43 +173,3 @@ def test_zygotes_spread_their_first_spares_over_the_processors(loop: asyncio.Abs
 
     assert loop.run_until_complete(first_spares()) == [{cpus[0]}, {cpus[1]}]
 
-
-def _kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key == field:
-                return int(value.split()[0])
-    raise AssertionError(f"no {field} in /proc/{pid}/smaps_rollup")
-
-
-def test_a_spare_copies_the_zygotes_pages_before_its_job_comes(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    """A spare writes-in every page it shares with the zygote while it waits (so a run
-    takes no copy-on-write fault for them), then runs its job as before."""
-    script = tmp_path / "s.py"
-    script.write_text("import json, sys\nprint(json.load(sys.stdin)['n'] + 1)\n")
-
-    async def go() -> tuple[int, int, HookResult]:
-        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path))
-        await server.start()
-        try:
-            await server.preload(["json", "sqlite3"])
-            owned = 0
-            for _ in range(500):  # spares are forked once the zygote idles
-                if server._spares:
-                    owned = _kb(server._spares[0][0], "Private_Dirty")
-                    if owned >= 0.8 * _kb(server.pid, "Anonymous"):
-                        break
-                await asyncio.sleep(0.01)
-            assert server.pid is not None
-            zygote_anon = _kb(server.pid, "Anonymous")
-            result = await server.run(str(script), str(script), [], stdin=b'{"n": 41}', env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
-            return owned, zygote_anon, result
-        finally:
-            await server.close()
-
-    owned, zygote_anon, result = loop.run_until_complete(go())
-    # The spare holds its own copy of about all the zygote's anonymous memory (a spare that
-    # only waits has written ~1 MB of it).
-    assert owned >= 0.8 * zygote_anon > 4 * 1024, (owned, zygote_anon)
-    assert result == HookResult(0, b"42\n", b"")

@@ -76,7 +76,6 @@ if MYPY:
         _fresh_main,
         _is_pyc,
         _kill_group,
-        _own_pages,
         _precompile,
         _quote_from,
         _received_fds,
@@ -359,7 +358,6 @@ class _Zygote:
             _yield_on_wake()
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
-            _own_pages(theirs)
             _wait_on_cpu(cpu)
             return _wait_for_job(theirs)
         theirs.close()

@@ -8,7 +8,6 @@
 
 MYPY = False
 if MYPY:  # for the type checker only: at run time these are forkserver.py's own globals
-    import ctypes
     import gc
     import io
     import json
@@ -18,7 +17,7 @@ if MYPY:  # for the type checker only: at run time these are forkserver.py's own
     import sys
     from typing import Any
 
-    from .forkserver import _EXITS_ADDR, _FFLUSH, _HAVE_CTYPES, _LIBC, _MAIN0, _MAX_FDS
+    from .forkserver import _EXITS_ADDR, _FFLUSH, _MAIN0, _MAX_FDS
 
 # Scripts the zygote compiled ahead, with the stat (device, inode, size, mtime, ctime) of the file it read:
 # (code_path, filename) -> (stat, code). A child uses one only if the file still stats the same.
@@ -310,73 +309,6 @@ def _wait_on_cpu(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
     except OSError:
         pass
-
-
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+: write-fault the range in, as a write to each page would
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_NONZERO = bytes([0] + [1] * 255)  # mincore's vector -> 0/1 per page
-_OWN_PAGES_MAX = 64 << 20  # a spare copies at most this much ahead; the rest stays shared until written
-_OWN_CHUNK = 64  # pages copied between two looks for a job
-
-
-def _own_pages(chan: socket.socket) -> None:
-    """In a spare: copy now the pages it still shares with the zygote, until its job comes.
-
-    A forked child shares its parent's memory until it writes to it; each page the
-    script then writes (reference counts, allocator pools, interpreter state) costs a
-    page fault and a copy, about 400 of them for a small hook, and on a virtual machine
-    after idle each costs several microseconds: a millisecond or more of every run. A
-    naive fork pays them while the event waits; a spare can pay them ahead. Only
-    resident private writable pages are copied, so nothing is allocated that the
-    zygote never used. It costs memory (each spare owns a copy of what the zygote had
-    resident there, 10 MB for the example project's hooks, at most _OWN_PAGES_MAX) and
-    processor time while nothing waits (5-10 ms for those 10 MB); it stops between
-    chunks as soon as a job is waiting on chan, which then runs with the rest shared.
-    """
-    if not _HAVE_CTYPES:
-        return
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            maps = f.read().splitlines()
-    except OSError:
-        return
-    madvise, mincore = _LIBC.madvise, _LIBC.mincore
-    budget = _OWN_PAGES_MAX // _PAGE
-    for line in maps:
-        fields = line.split(None, 5)
-        perms = fields[1]
-        name = fields[5] if len(fields) > 5 else b""
-        if perms[:2] != b"rw" or perms[3:4] != b"p" or (name.startswith(b"[") and name != b"[heap]"):
-            continue  # shared, read-only, or the stack, vvar and vdso
-        start, _, end = fields[0].partition(b"-")
-        first, size = int(start, 16), int(end, 16) - int(start, 16)
-        vec = ctypes.create_string_buffer(size // _PAGE)
-        if mincore(ctypes.c_void_p(first), ctypes.c_size_t(size), vec) != 0:
-            continue
-        resident = vec.raw.translate(_NONZERO)
-        at = resident.find(1)
-        while at >= 0:
-            if budget <= 0 or _job_waiting(chan):
-                return
-            stop = resident.find(0, at, at + _OWN_CHUNK)
-            stop = min(at + _OWN_CHUNK, len(resident)) if stop < 0 else stop
-            stop = min(stop, at + budget)
-            budget -= stop - at
-            # Fails (EINVAL) on kernels before 5.14, and a page that cannot be populated
-            # (EFAULT) is left to fault as before: either way nothing changes.
-            madvise(ctypes.c_void_p(first + at * _PAGE), ctypes.c_size_t((stop - at) * _PAGE), _MADV_POPULATE_WRITE)
-            at = resident.find(1, stop)
-
-
-def _job_waiting(chan: socket.socket) -> bool:
-    """Whether the daemon has written to (or closed) a spare's channel."""
-    try:
-        chan.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        pass
-    return True
 
 
 def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
