@@ -554,7 +554,7 @@ class _Zygote:
         sys.path_importer_cache[filename] = None  # the interpreter asked the path hooks about it
         self.stdio_and_main()
         code_path = str(msg["code_path"])
-        if code_path != filename and os.path.realpath(code_path) != os.path.realpath(filename):
+        if os.path.realpath(code_path) != os.path.realpath(filename):
             _quote_from(code_path, filename)
         code = _compiled(code_path, filename)
         pyc = code is None and _is_pyc(code_path, filename)
