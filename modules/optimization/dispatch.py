@@ -54,12 +54,12 @@ def _claude_pid(raw: bytes) -> dict[str, str]:
     return {"CLAUDE_PID": raw[start + 11 : end if end >= 0 else len(raw)].decode("ascii", "replace")}
 
 
-def _file_stamps(paths: Sequence[Path]) -> list[tuple[int, int, int] | None]:
+def _file_stamps(paths: Sequence[str]) -> list[tuple[int, int, int] | None]:
     """Identity, size and mtime of each file (None when missing): a cheap test for a change."""
     stamps: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
-            st = path.stat()
+            st = os.stat(path)
             stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
         except OSError:
             stamps.append(None)
@@ -106,7 +106,8 @@ class Dispatcher:
         # Hooks marked as observers: journaled before the answer, run after it (observers.py).
         self.observer_runs = ObserverRuns(self.state, self._run_observers, idle_for=lambda: self.clock() - self.last_activity)
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
-        self._stack_stamps = _file_stamps(self.stacks.watched())
+        self._stack_files = [str(path) for path in self.stacks.watched()]  # stat()ed on every stack event
+        self._stack_stamps = _file_stamps(self._stack_files)
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
         self.heap_pages = HeapPages(on_malloc)  # collapsed on the daemon's ticks as it grows
@@ -316,13 +317,14 @@ class Dispatcher:
     def _refresh_stacks(self) -> None:
         """Reload the installs if a scope's manifest or settings changed: an install of another
         scope (the user scope serves every project's daemon) counts from its first event."""
-        stamps = _file_stamps(self.stacks.watched())
+        stamps = _file_stamps(self._stack_files)
         if stamps != self._stack_stamps:
             try:
                 self.stacks = load_stacks(self.project)
             except ValueError as exc:
                 log.error("install manifest unreadable, keeping the previous one: %s", exc)
-            self._stack_stamps = _file_stamps(self.stacks.watched())
+            self._stack_files = [str(path) for path in self.stacks.watched()]
+            self._stack_stamps = _file_stamps(self._stack_files)
 
 
 

@@ -64,6 +64,9 @@ class _Requests:
 
     def __init__(self, daemon: Answers) -> None:
         self.daemon = daemon
+        # The environment the hooks behind these requests run in: the daemon's own, taken once
+        # (read through os.environ, every event would decode each variable again).
+        self.env = dict(os.environ)
 
     def size(self, buf: bytearray) -> int | None:
         end = buf.find(b"\r\n\r\n", 0, MAX_HTTP_HEAD_BYTES)
@@ -95,7 +98,7 @@ class _Requests:
             return _http(404, b"POST /hook with the event as JSON\n"), True
         if path.startswith("/hook/stack"):
             scope = path[len("/hook/stack/") :] or "project"
-            result = await daemon.dispatch_stack(body, os.environ, str(daemon.project), scope)
+            result = await daemon.dispatch_stack(body, self.env, str(daemon.project), scope)
         else:
             result = await daemon.dispatch(body)
         status, payload = http_reply(_event_name(body), result)

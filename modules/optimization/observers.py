@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -94,7 +95,13 @@ def _candidates(command: str) -> Iterable[str]:
 
 def marks(command: str, globs: Sequence[str]) -> bool:
     """Whether a glob marks this command: the whole command, a word of it (a script path) or its file name."""
-    return bool(globs) and any(fnmatch.fnmatchcase(c, g) for c in _candidates(command) for g in globs)
+    return bool(globs) and _marks(command, tuple(globs))
+
+
+@functools.lru_cache(maxsize=1024)
+def _marks(command: str, globs: tuple[str, ...]) -> bool:
+    # Asked for every hook an event matches: shlex.split alone costs more than the rest of the selection.
+    return any(fnmatch.fnmatchcase(c, g) for c in _candidates(command) for g in globs)
 
 
 def refusal(event_name: str, hook: Mapping[str, Any]) -> str | None:
