@@ -161,7 +161,7 @@ def test_zygotes_spread_their_first_spares_over_the_processors(loop: asyncio.Abs
                         break
                     await asyncio.sleep(0.01)
                 pid = server._spares[0][0]
-                for _ in range(500):  # pinned once it is ready to wait
+                for _ in range(500):  # announced at its fork, pinned once it has set itself up
                     if len(os.sched_getaffinity(pid)) == 1:
                         break
                     await asyncio.sleep(0.01)
@@ -172,4 +172,3 @@ def test_zygotes_spread_their_first_spares_over_the_processors(loop: asyncio.Abs
                 await server.close()
 
     assert loop.run_until_complete(first_spares()) == [{cpus[0]}, {cpus[1]}]
-

@@ -136,7 +136,7 @@ def test_identical_to_sh(case: Case, runner: LegacyRunner, loop: asyncio.Abstrac
         assert after["warm_runs"] - before["warm_runs"] == int(case.warm), after
         assert after["spawned_runs"] - before["spawned_runs"] == int(not case.warm), after
     if case.warm:
-        # And once more in a spare: forked ahead, its pages copied, waiting under SCHED_BATCH.
+        # And once more in a spare: forked ahead, its environment applied, waiting under SCHED_BATCH.
         server = runner.servers[-1]  # the zygote used last
         spares = _spares_waiting(server, loop)
         got = loop.run_until_complete(runner.run(case.command, stdin=case.event, env=env, cwd=str(project), timeout_s=60))
