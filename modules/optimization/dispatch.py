@@ -106,8 +106,7 @@ class Dispatcher:
         # Hooks marked as observers: journaled before the answer, run after it (observers.py).
         self.observer_runs = ObserverRuns(self.state, self._run_observers, idle_for=lambda: self.clock() - self.last_activity)
         self.stacks = load_stacks(project)  # every scope's install that applies here (the user scope's too)
-        self._stack_files = [str(path) for path in self.stacks.watched()]  # stat()ed on every stack event
-        self._stack_stamps = _file_stamps(self._stack_files)
+        self._watch_stacks()
         self.supervision: dict[str, object] | None = None
         self._env_raw, self._env = b"", _parse_env(b"")  # the last client environment, decoded (never mutated)
         self.heap_pages = HeapPages(on_malloc)  # collapsed on the daemon's ticks as it grows
@@ -323,8 +322,12 @@ class Dispatcher:
                 self.stacks = load_stacks(self.project)
             except ValueError as exc:
                 log.error("install manifest unreadable, keeping the previous one: %s", exc)
-            self._stack_files = [str(path) for path in self.stacks.watched()]
-            self._stack_stamps = _file_stamps(self._stack_files)
+            self._watch_stacks()
+
+    def _watch_stacks(self) -> None:
+        """Note the files the installs were read from, and their stamps (checked on every stack event)."""
+        self._stack_files = [str(path) for path in self.stacks.watched()]
+        self._stack_stamps = _file_stamps(self._stack_files)
 
 
 
