@@ -1,7 +1,7 @@
-"""Hooks launched through uv (and tools like it) run warm, byte-identical to `/bin/sh -c command`.
+"""Hooks launched through uv, poetry and pipenv run warm, byte-identical to `/bin/sh -c command`.
 
-Real uv (a test dependency), real PEP 723 dependencies resolved from the package index
-into uv's own cache, real forks. Each command runs natively and warm, twice warm (the
+Real uv, poetry and pipenv (test dependencies), real PEP 723 dependencies resolved from
+the package index into uv's own cache, real project environments, real forks. Each command runs natively and warm, twice warm (the
 second from code the zygote compiled), and the outputs are compared byte for byte.
 Forms not listed here are spawned exactly as Claude Code would (see test_plan_reasons).
 """
@@ -20,14 +20,16 @@ from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
 
-UV = shutil.which("uv") or os.path.join(os.path.dirname(sys.executable), "uv")
+TOOLS = {name: shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name) for name in ("uv", "poetry", "pipenv")}
+UV = TOOLS["uv"]
 
 
 @pytest.fixture(autouse=True)
-def _uv_is_installed():
-    """uv is a test dependency: a missing one fails these tests rather than skipping them."""
-    if not os.access(UV, os.X_OK):
-        pytest.fail("uv is a test dependency: pip install -e '.[test]'", pytrace=False)
+def _tools_are_installed():
+    """uv, poetry and pipenv are test dependencies: a missing one fails these tests rather than skipping them."""
+    for name, path in TOOLS.items():
+        if not os.access(path, os.X_OK):
+            pytest.fail(f"{name} is a test dependency: pip install -e '.[test]'", pytrace=False)
 EVENT = b'{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "rm -rf /"}}'
 
 INLINE = """\
@@ -55,7 +57,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("uvproject")
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    (bin_dir / "uv").symlink_to(UV)
+    for name, path in TOOLS.items():
+        (bin_dir / name).symlink_to(path)
     hooks = root / ".claude" / "hooks"
     hooks.mkdir(parents=True)
     (hooks / "inline.py").write_text(INLINE)
@@ -63,11 +66,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shebang = hooks / "shebang.py"
     shebang.write_text("#!/usr/bin/env -S uv run --script\n" + INLINE)
     shebang.chmod(0o755)
-    # A stand-in for poetry/pipenv: `X run python ...` runs a project venv's python (both exec it).
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-    for tool in ("poetry", "pipenv"):
-        (bin_dir / tool).write_text(f'#!/bin/sh\n[ "$1" = run ] && shift\nshift\nexport TOOL_ENV={tool}\nexec {root}/venv/bin/python "$@"\n')
-        (bin_dir / tool).chmod(0o755)
     return root
 
 
@@ -88,26 +86,70 @@ COMMANDS = [
     f"uv run --script {H}/inline.py",
     f'uv run "$CLAUDE_PROJECT_DIR"/{H}/plain.py x',
     f"{H}/shebang.py arg",
-    f"poetry run python {H}/plain.py p",
-    f"pipenv run python3 -u {H}/plain.py",
 ]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_launched_hooks_run_warm_and_identical(command: str, project: Path, loop: asyncio.AbstractEventLoop) -> None:
-    env, runner = _env(project), LegacyRunner()
+    _assert_warm_and_identical(command, _env(project), project, loop)
+
+
+def _assert_warm_and_identical(command: str, env: dict[str, str], project: Path, loop: asyncio.AbstractEventLoop) -> HookResult:
+    """Three warm runs of command, each byte for byte what sh gives; the native result."""
+    runner = LegacyRunner()
     try:
         plan = runner.plan(command, env, str(project))
         assert plan.warm and plan.resolver is not None, plan
-        # The first native run may create uv's environment and say so on stderr; after that it is quiet.
+        # The first native run may create the tool's environment and say so on stderr; after that it is quiet.
         _native(command, env, project)
         expected = _native(command, env, project)
         for _ in range(3):
             got = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
             assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
         assert runner.stats()["warm_runs"] == 3 and runner.stats()["probes"] == 1, runner.stats()
+        return expected
     finally:
         loop.run_until_complete(runner.close())
+
+
+# A hook of a poetry or pipenv project: it imports a module only the project's environment has.
+TOOL_HOOK = """\
+import os, sys
+import only_here
+print(sys.executable, sys.argv, sys.orig_argv[1:], only_here.__file__)
+print(os.environ.get("VIRTUAL_ENV"), os.environ.get("PIPENV_ACTIVE"), os.environ["PATH"].split(":")[0])
+print(sys.prefix, sys.path[1:])
+raise SystemExit(sys.stdin.read().count("rm"))
+"""
+TOOL_FILES = {
+    "poetry": ("pyproject.toml", '[project]\nname = "hooks"\nversion = "0"\n\n[tool.poetry]\npackage-mode = false\n'),
+    "pipenv": ("Pipfile", "[packages]\n"),
+}
+
+
+@pytest.mark.parametrize(
+    ("tool", "command"), [("poetry", f"poetry run python {H}/tool.py p"), ("pipenv", f"pipenv run python3 -u {H}/tool.py")]
+)
+def test_poetry_and_pipenv_hooks_run_warm_in_the_project_environment(
+    tool: str, command: str, tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / tool).symlink_to(TOOLS[tool])
+    (tmp_path / H).mkdir(parents=True)
+    (tmp_path / H / "tool.py").write_text(TOOL_HOOK)
+    name, text = TOOL_FILES[tool]
+    (tmp_path / name).write_text(text)
+    env = _env(tmp_path)
+    # Both tools are Python programs that exec the project's interpreter; the environment stays in the project.
+    env.update(POETRY_VIRTUALENVS_IN_PROJECT="true", POETRY_CACHE_DIR=str(tmp_path / "poetry-cache"), PIPENV_VENV_IN_PROJECT="1")
+    subprocess.run(["/bin/sh", "-c", f"{tool} run python -c pass"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    site = subprocess.run([venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
+    (Path(site.stdout.strip()) / "only_here.py").write_text("")
+    expected = _assert_warm_and_identical(command, env, tmp_path, loop)
+    # What the tool gave the script natively, now reproduced warm: its environment, not the tool's own.
+    assert expected.exit_code == 1 and str(tmp_path / ".venv") in expected.stdout.decode(), expected
+    assert f"{tmp_path / '.venv'} {'1' if tool == 'pipenv' else 'None'} {tmp_path / '.venv' / 'bin'}\n".encode() in expected.stdout, expected
 
 
 def test_edited_inline_metadata_is_resolved_again(project: Path, loop: asyncio.AbstractEventLoop) -> None:

@@ -314,7 +314,9 @@ class LegacyRunner:
 
     async def _probe_launch(self, command: str, plan: Plan, env: Mapping[str, str], cwd: str) -> _Interpreter | None:
         """Run the hook's own command once, stopped before the script's first line (see launch_probe)."""
-        info = await probe_launch(command, env, cwd, timeout_s=_LAUNCH_TIMEOUT_S)
+        if plan.script is None:
+            return None  # a launched plan always names its script
+        info = await probe_launch(command, [plan.script, *plan.argv], env, cwd, timeout_s=_LAUNCH_TIMEOUT_S)
         if info is None or info.get("impl") != "cpython" or tuple(info.get("version", ())) < (3, 8):
             log.info("%s: its environment cannot be reproduced warm", plan.launcher)
             return None
