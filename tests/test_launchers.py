@@ -116,7 +116,7 @@ def _assert_warm_and_identical(command: str, env: dict[str, str], project: Path,
 TOOL_HOOK = """\
 import os, sys
 import only_here
-print(sys.executable, sys.argv, sys.orig_argv[1:], only_here.__file__)
+print(sys.executable, sys.argv, sys.orig_argv[1:], only_here.__file__, getattr(only_here, "BUILD", None))
 print(os.environ.get("VIRTUAL_ENV"), os.environ.get("PIPENV_ACTIVE"), os.environ["PATH"].split(":")[0])
 print(sys.prefix, sys.path[1:])
 raise SystemExit(sys.stdin.read().count("rm"))
@@ -127,29 +127,62 @@ TOOL_FILES = {
 }
 
 
+def _tool_project(tool: str, root: Path) -> dict[str, str]:
+    """A poetry or pipenv project at root with its environment made by the tool; the hooks' environment."""
+    (root / "bin").mkdir()
+    (root / "bin" / tool).symlink_to(TOOLS[tool])
+    (root / H).mkdir(parents=True)
+    (root / H / "tool.py").write_text(TOOL_HOOK)
+    name, text = TOOL_FILES[tool]
+    (root / name).write_text(text)
+    env = _env(root)
+    # Both tools are Python programs that exec the project's interpreter; the environment stays in the project.
+    env.update(POETRY_VIRTUALENVS_IN_PROJECT="true", POETRY_CACHE_DIR=str(root / "poetry-cache"), PIPENV_VENV_IN_PROJECT="1")
+    _make_environment(tool, root, env, build=1)
+    return env
+
+
+def _make_environment(tool: str, root: Path, env: dict[str, str], build: int) -> None:
+    """(Re)make the project's environment with the tool, with a module only it has."""
+    shutil.rmtree(root / ".venv", ignore_errors=True)
+    subprocess.run(["/bin/sh", "-c", f"{tool} run python -c pass"], env=env, cwd=root, check=True, capture_output=True, timeout=300)
+    venv_python = root / ".venv" / "bin" / "python"
+    site = subprocess.run([venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
+    (Path(site.stdout.strip()) / "only_here.py").write_text(f"BUILD = {build}\n")
+
+
 @pytest.mark.parametrize(
     ("tool", "command"), [("poetry", f"poetry run python {H}/tool.py p"), ("pipenv", f"pipenv run python3 -u {H}/tool.py")]
 )
 def test_poetry_and_pipenv_hooks_run_warm_in_the_project_environment(
     tool: str, command: str, tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / tool).symlink_to(TOOLS[tool])
-    (tmp_path / H).mkdir(parents=True)
-    (tmp_path / H / "tool.py").write_text(TOOL_HOOK)
-    name, text = TOOL_FILES[tool]
-    (tmp_path / name).write_text(text)
-    env = _env(tmp_path)
-    # Both tools are Python programs that exec the project's interpreter; the environment stays in the project.
-    env.update(POETRY_VIRTUALENVS_IN_PROJECT="true", POETRY_CACHE_DIR=str(tmp_path / "poetry-cache"), PIPENV_VENV_IN_PROJECT="1")
-    subprocess.run(["/bin/sh", "-c", f"{tool} run python -c pass"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
-    venv_python = tmp_path / ".venv" / "bin" / "python"
-    site = subprocess.run([venv_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
-    (Path(site.stdout.strip()) / "only_here.py").write_text("")
+    env = _tool_project(tool, tmp_path)
     expected = _assert_warm_and_identical(command, env, tmp_path, loop)
     # What the tool gave the script natively, now reproduced warm: its environment, not the tool's own.
     assert expected.exit_code == 1 and str(tmp_path / ".venv") in expected.stdout.decode(), expected
     assert f"{tmp_path / '.venv'} {'1' if tool == 'pipenv' else 'None'} {tmp_path / '.venv' / 'bin'}\n".encode() in expected.stdout, expected
+
+
+def test_a_new_lock_or_a_remade_environment_is_resolved_again(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    env, runner, command = _tool_project("poetry", tmp_path), LegacyRunner(), f"poetry run python {H}/tool.py"
+
+    def same_as_native() -> bytes:
+        expected = _native(command, env, tmp_path)
+        got = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(tmp_path)))
+        assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
+        return got.stdout
+
+    try:
+        assert b" 1\n" in same_as_native() and runner.stats()["probes"] == 1
+        (tmp_path / "poetry.lock").write_text("# a lock file appears: poetry may pick another environment\n")
+        same_as_native()
+        assert runner.stats()["probes"] == 2, runner.stats()
+        _make_environment("poetry", tmp_path, env, build=2)  # a new interpreter, a new module
+        assert b" 2\n" in same_as_native() and runner.stats()["probes"] == 3, runner.stats()
+        assert runner.stats()["warm_runs"] == 3, runner.stats()
+    finally:
+        loop.run_until_complete(runner.close())
 
 
 def test_edited_inline_metadata_is_resolved_again(project: Path, loop: asyncio.AbstractEventLoop) -> None:
