@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -139,6 +140,82 @@ def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -
     assert loaded == ["json"]
     assert result == HookResult(5, b"['a'] True\n", b"")
 
+
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # a zombie until its zygote reaps it
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize(("word", "hold_max_s"), [(True, 60.0), (False, 60.0), (False, None)])
+def test_a_child_that_reported_its_exit_waits_for_the_daemons_word(
+    word: bool, hold_max_s: float | None, loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    """After its report a child waits (its teardown and reaping would take a processor from the
+    event's other hooks and reply) until the daemon lets it go after the event, or until its
+    limit: 50 ms by default; a minute here, so that only the word can end the wait in the test."""
+    script = tmp_path / "pid.py"
+    script.write_text("import os\nprint(os.getpid())\n")
+
+    async def go() -> tuple[int, bool, float, list[bytes]]:
+        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path), hold_max_s=hold_max_s)
+        await server.start()
+        if not word:
+            server._release = lambda: None  # type: ignore[method-assign]
+        try:
+            await _spare_waiting(server)  # its pid known before the run: a direct fork's may come after its report
+            called = time.monotonic()
+            result = await server.run(str(script), str(script), [], stdin=b"", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
+            held = list(server._held)
+            pid = int(result.stdout)
+            deadline = time.monotonic() + (1.0 if hold_max_s and not word else WAIT)
+            while not _exited(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+            return pid, _exited(pid), time.monotonic() - called, held
+        finally:
+            await server.close()
+
+    pid, gone, waited, held = loop.run_until_complete(go())
+    assert len(held) == 1, held  # the address its word goes to
+    try:
+        if hold_max_s is None:
+            assert gone and waited >= 0.05  # no word: it went at its own limit, not before
+        else:
+            assert gone is word  # let go by the word; without it, still waiting
+    finally:
+        if not gone:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_exit_report_from_a_pid_not_known_yet_is_let_go_at_once(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """A direct fork may report before the zygote has told its pid: nothing to hold it for (its
+    exit comes from the zygote once reaped), so it must not wait out its limit. Here the report
+    comes from this test process, a pid the server does not know."""
+
+    async def go() -> bytes:
+        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path))
+        await server.start()
+        try:
+            assert server._exits is not None
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.bind(b"")
+                sock.setblocking(False)
+                sock.sendto(b"\0", server._exits.getsockname())
+                return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 16), WAIT)
+        finally:
+            await server.close()
+
+    assert loop.run_until_complete(go()) == b""
+
+
+async def _spare_waiting(server: ForkServer) -> None:
+    for _ in range(int(WAIT * 100)):
+        if server._spares:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no spare was forked")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two processors to spread spares over")

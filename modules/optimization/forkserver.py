@@ -113,6 +113,7 @@ _MAX_SPARES = 4  # at most this many forks wait for work (one per hook an event 
 # from the daemon answering the event they belong to.
 _REFILL_IDLE_MS = 2
 _EXITS_ADDR = None  # the daemon's exit-report socket (bytes, abstract namespace), from our argv
+_HOLD_MAX_S = 0.05  # a child that has reported its exit waits at most this long for the daemon's word, or from our argv
 _CPU_FIRST = 0  # which processor our spares try first (the daemon gives each zygote the next one), from our argv
 # The stdio a fresh interpreter builds for non-tty fds: (encoding, errors, line_buffering,
 # write_through, buffered). Our own fds 0-2 are pipes or /dev/null now, so ours match.
@@ -588,6 +589,8 @@ if __name__ == "__main__":
         _EXITS_ADDR = b"\0" + os.fsencode(sys.argv[2])
     if len(sys.argv) > 3:
         _CPU_FIRST = int(sys.argv[3])
+    if len(sys.argv) > 4:
+        _HOLD_MAX_S = float(sys.argv[4])
     _zygote = _Zygote(int(sys.argv[1]))
     _job, _fds = _zygote.serve()  # returns only in a forked child
     _module = _job.get("module")

@@ -25,6 +25,9 @@ __all__ = ["FORKSERVER_PATH", "ForkServer", "ForkServerUnavailable"]
 FORKSERVER_PATH: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkserver.py")
 _START_TIMEOUT_S: Final = 30.0
 _TOOK_GRACE_S: Final = 0.05  # how long a run may go before the zygote must know about it
+# Children that reported their exit are let go this long after the turn that sends the notes:
+# let go at that turn, their teardown still met the reply (no gain measured); 3 ms later, it did not.
+_RELEASE_AFTER_S: Final = 0.003
 
 
 class ForkServerUnavailable(RuntimeError):
@@ -52,9 +55,11 @@ class ForkServer:
         argv0: str | None = None,
         start_timeout_s: float = _START_TIMEOUT_S,
         cpu_first: int = 0,
+        hold_max_s: float | None = None,
     ) -> None:
         self.executable = executable  # becomes sys.executable: pass it exactly as python would report it
         self.cpu_first = cpu_first  # the processor its spares try first (see forkserver.fork_spare)
+        self.hold_max_s = hold_max_s  # how long a child waits for our word after its exit report (None: the zygote's own)
         self.flags = tuple(flags)
         self.env = dict(env)
         self.cwd = cwd
@@ -81,8 +86,10 @@ class ForkServer:
         self._primed: tuple[Any, ...] | None = None  # the last run (id aside) the zygote was shown
         self._env_json: tuple[object, str] = (None, "")  # the last environment given, and its JSON
         # Children send their exit status here just before they _exit (the zygote's report, once
-        # it has reaped them, comes a millisecond later; the first one wins).
+        # it has reaped them, comes a millisecond later; the first one wins). Each then waits for
+        # a word back, sent once the event is answered (see forkserver_child._report_exit).
         self._exits: socket.socket | None = None
+        self._held: list[bytes] = []  # the addresses of children waiting for that word
         self._running: dict[int, int] = {}  # pid -> run id, for the exit reports
         # "took" notes for the zygote, sent once no run is in flight (or ahead of any other
         # message): waking the zygote while hooks run would take a core from them.
@@ -106,6 +113,7 @@ class ForkServer:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.executable, *self.flags, FORKSERVER_PATH, str(theirs.fileno()), *(exits_name or ("-",)), str(self.cpu_first),
+                *(() if self.hold_max_s is None else (str(self.hold_max_s),)),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env, cwd=self.cwd,
             )  # fmt: skip
@@ -229,8 +237,8 @@ class ForkServer:
         finally:
             late.cancel()
             self.busy -= 1
-            if not self.busy and self._took:
-                asyncio.get_running_loop().call_soon(self._flush_later)
+            if not self.busy and (self._took or self._held):
+                asyncio.get_running_loop().call_soon(self._after_event)
             self._forget(rid)
             if pid_f.done() and not pid_f.exception():
                 self._running.pop(pid_f.result(), None)
@@ -313,15 +321,34 @@ class ForkServer:
             task = asyncio.get_running_loop().create_task(self._send(None))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _flush_later(self) -> None:
-        """Send the pending notes once the event's reply has gone (two loop turns on)."""
+    def _after_event(self) -> None:
+        """Once the event's reply has gone (two loop turns on), send the pending notes; a little
+        later, let the children that reported their exit go (see forkserver_child._report_exit)."""
         loop = asyncio.get_running_loop()
 
-        def flush() -> None:
+        def after() -> None:
             if not self.busy:
                 self._flush_now()
+                if self._held:
+                    loop.call_later(_RELEASE_AFTER_S, self._release_if_idle)
 
-        loop.call_soon(loop.call_soon, flush)
+        loop.call_soon(loop.call_soon, after)
+
+    def _release_if_idle(self) -> None:
+        if not self.busy:
+            self._release()  # else the event now running lets them go with its own children
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for address in held:
+            self._let_go(address)
+
+    def _let_go(self, address: bytes) -> None:
+        try:
+            if self._exits is not None:
+                self._exits.sendto(b"", address)
+        except OSError:
+            pass  # gone already (it waits hold_max_s at most)
 
     async def _hand_to_spare(self, rid: int, msg: str, primed: tuple[Any, ...], fds: Sequence[int]) -> int | None:
         """Send a run (its JSON) straight to a spare fork; its pid, or None when no spare is left to take it."""
@@ -348,7 +375,7 @@ class ForkServer:
                 if primed != self._primed:  # the zygote prepares its next spares with the last run's environment
                     took += ', "run": ' + msg
                     self._primed = primed
-                # Sent later (see _flush_later): a quick child may be reaped before the zygote
+                # Sent later (see _after_event): a quick child may be reaped before the zygote
                 # reads it, which it handles; its exit report reaches us directly meanwhile.
                 note = (took + "}").encode("utf-8", "surrogatepass")
                 self._took.append(len(note).to_bytes(4, "big") + note)
@@ -360,7 +387,7 @@ class ForkServer:
         assert self._exits is not None
         while True:
             try:
-                data, ancdata, _, _ = self._exits.recvmsg(16, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, _, address = self._exits.recvmsg(16, socket.CMSG_SPACE(_UCRED.size))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -370,14 +397,19 @@ class ForkServer:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(cdata) >= _UCRED.size:
                     pid = _UCRED.unpack(cdata[: _UCRED.size])[0]
             # Anyone may write to an abstract socket: only a child running one of our runs counts
-            # (the kernel fills in the pid). One not known yet is reported by the zygote instead.
+            # (the kernel fills in the pid). One not known yet (a direct fork whose pid the zygote
+            # has not told us) is let go at once: the zygote reports its exit when it reaps it.
             rid = self._running.get(pid)
-            if rid is not None and len(data) == 1:
-                fut = self._futures.get((rid, "exit"))
-                if fut is not None and not fut.done():
-                    fut.set_result(data[0])
+            fut = None if rid is None or len(data) != 1 else self._futures.get((rid, "exit"))
+            if fut is not None and not fut.done():
+                fut.set_result(data[0])
+                if address:
+                    self._held.append(address)
+            elif address:
+                self._let_go(address)
 
     def _close_exits(self) -> None:
+        self._release()
         if self._exits is not None:
             asyncio.get_running_loop().remove_reader(self._exits.fileno())
             self._exits.close()
