@@ -57,6 +57,15 @@ PYENV_PY = _interpreter_of(["python3"]) if shutil.which("python3") else sys.exec
 SYSTEM_PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else PYENV_PY
 
 
+def installed_tool(name: str) -> str:
+    """A tool the tests need (uv, poetry, pipenv: test dependencies): on PATH or beside our interpreter.
+    A missing one fails the test rather than skipping it."""
+    path = shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name)
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{name} is a test dependency: pip install -e '.[test]'", pytrace=False)
+    return path
+
+
 H = f'"$CLAUDE_PROJECT_DIR"/{HOOKS}'
 
 

@@ -1,7 +1,8 @@
 """Real read-only and full filesystems for fault tests.
 
 As root, file modes do not stop writes, so "read-only" is a read-only bind mount and
-"full" is a tiny tmpfs; both skip where mount(8) is not permitted."""
+"full" is a tiny tmpfs. Where mount(8) is not permitted the test fails (run the suite as
+root, as CI does): a fault test must not quietly stand down."""
 
 import contextlib
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 def _mount(*args):
     proc = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True, check=False)
     if proc.returncode:
-        pytest.skip(f"mount {' '.join(map(str, args))} is not permitted here: {proc.stderr.strip()}")
+        pytest.fail(f"mount {' '.join(map(str, args))} is not permitted here: {proc.stderr.strip()}", pytrace=False)
 
 
 @contextlib.contextmanager

@@ -35,13 +35,13 @@ def test_install_without_npm_fails_clearly(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_failed_npm_install_reports_its_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "npm").write_text("#!/bin/sh\necho 'npm ERR! registry unreachable' >&2\nexit 1\n")
-    (bindir / "npm").chmod(0o755)
+    # The real npm, pointed at a registry nobody listens on, with a cache of its own (a cached
+    # package would install without the registry).
     monkeypatch.delenv("HOOKOPT_CLAUDE_BIN", raising=False)
-    monkeypatch.setenv("PATH", str(bindir))
-    with pytest.raises(ClaudeInstallError, match="(?s)failed \\(exit 1\\).*registry unreachable"):
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    with pytest.raises(ClaudeInstallError, match="(?s)failed \\(exit [1-9][0-9]*\\).*ECONNREFUSED"):
         find_or_install_claude(tmp_path / "cache")
 
 

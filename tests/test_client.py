@@ -158,14 +158,16 @@ def test_broken_settings_daemon_refuses_to_boot_and_clients_back_off(rt):
     assert first.returncode == 2 and b"unknown profile 'warp'" in first.stderr
     wait_for(lambda: rt.path(".failed").exists(), what="the failed boot to be recorded")
     assert "unknown profile 'warp'" in rt.path(".failed").read_text()
-    # Watch spawns through a stand-in interpreter that only notes each start.
+    # Watch spawns through the real interpreter, behind a wrapper that notes each start.
     marks = rt.project / "spawns.txt"
-    fake = rt.project / "fake-python"
-    fake.write_text(f"#!/bin/sh\necho spawned >> {marks}\n")
-    fake.chmod(0o755)
-    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(fake)})  # within the back-off
+    logged = rt.project / "logged-python"
+    logged.write_text(f'#!/bin/sh\necho spawned >> "{marks}"\nexec "{sys.executable}" "$@"\n')
+    logged.chmod(0o755)
+    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(logged)})  # within the back-off
+    assert not marks.exists()
     rt.path(".failed").unlink()
-    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(fake)})  # back-off over
-    wait_for(marks.exists, what="the spawn after the back-off")
+    rt.hook(pre_event(rt.project, "ls"), env={"HOOKOPT_PYTHON": str(logged)})  # back-off over: a real start
+    wait_for(lambda: rt.path(".failed").exists(), what="the daemon started after the back-off to fail again")
+    assert "unknown profile 'warp'" in rt.path(".failed").read_text()
     assert marks.read_text() == "spawned\n"  # exactly one: none during the back-off
-    assert not rt.daemons()
+    wait_for(lambda: not rt.daemons(), what="the daemon that could not boot to be gone")

@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,8 @@ import pytest
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
+from tests.legacy_helpers import installed_tool
 
-TOOLS = {name: shutil.which(name) or os.path.join(os.path.dirname(sys.executable), name) for name in ("uv", "poetry", "pipenv")}
-UV = TOOLS["uv"]
-
-
-@pytest.fixture(autouse=True)
-def _tools_are_installed():
-    """uv, poetry and pipenv are test dependencies: a missing one fails these tests rather than skipping them."""
-    for name, path in TOOLS.items():
-        if not os.access(path, os.X_OK):
-            pytest.fail(f"{name} is a test dependency: pip install -e '.[test]'", pytrace=False)
 EVENT = b'{"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "rm -rf /"}}'
 
 INLINE = """\
@@ -57,8 +47,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("uvproject")
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    for name, path in TOOLS.items():
-        (bin_dir / name).symlink_to(path)
+    for name in ("uv", "poetry", "pipenv"):  # test dependencies: a missing one fails, not skips
+        (bin_dir / name).symlink_to(installed_tool(name))
     hooks = root / ".claude" / "hooks"
     hooks.mkdir(parents=True)
     (hooks / "inline.py").write_text(INLINE)
@@ -130,7 +120,7 @@ TOOL_FILES = {
 def _tool_project(tool: str, root: Path) -> dict[str, str]:
     """A poetry or pipenv project at root with its environment made by the tool; the hooks' environment."""
     (root / "bin").mkdir()
-    (root / "bin" / tool).symlink_to(TOOLS[tool])
+    (root / "bin" / tool).symlink_to(installed_tool(tool))
     (root / H).mkdir(parents=True)
     (root / H / "tool.py").write_text(TOOL_HOOK)
     name, text = TOOL_FILES[tool]

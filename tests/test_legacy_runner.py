@@ -21,16 +21,13 @@ from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
-from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native
+from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native, installed_tool
 
 pytestmark = NEEDS_SH
 loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
 
 
 BIG_EVENT = _event("x" * (2 * 1024 * 1024))  # far beyond a pipe's 64 KiB
-
-
-HAS_CLICK = subprocess.run([PYENV_PY, "-c", "import click"], capture_output=True, check=False).returncode == 0
 
 
 @dataclass(frozen=True)
@@ -101,9 +98,8 @@ CASES = [
     Case("pipe-spawned", f"python3 {H}/echo_event.py | tr a-z A-Z", warm=False),
     Case("missing-script-spawned", f"python3 {H}/no_such_hook.py", warm=False),
     Case("python-c-spawned", "python3 -c 'print(1)'", warm=False),
+    Case("third-party", f"python3 {H}/third_party.py"),  # click: see test_the_corpus_third_party_library_is_installed
 ]
-if HAS_CLICK:
-    CASES.append(Case("third-party", f"python3 {H}/third_party.py"))
 # Every other CPython the machine has (pyenv here), oldest supported first.
 for _python in sorted(Path(os.path.expanduser("~/.pyenv/versions")).glob("3.*/bin/python3")):
     if _python.resolve() != Path(PYENV_PY).resolve() and subprocess.run([_python, "-c", "import sys; assert sys.version_info >= (3, 8)"], capture_output=True, check=False).returncode == 0:
@@ -157,10 +153,17 @@ def _spares_waiting(server: ForkServer, loop: asyncio.AbstractEventLoop) -> set[
     return loop.run_until_complete(wait())
 
 
+def test_the_corpus_third_party_library_is_installed() -> None:
+    """The third-party case needs click where the hooks' `python3` finds it (scripts/test-setup
+    installs python3-click): without it, both sides would fail alike and prove nothing."""
+    done = subprocess.run([PYENV_PY, "-c", "import click"], capture_output=True, check=False)
+    assert done.returncode == 0, f"{PYENV_PY} cannot import click: install python3-click (scripts/test-setup does)"
+
+
 def test_second_run_is_identical_too(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:
     # The first run of a script preloads its imports; later runs fork from a zygote that holds them.
     env = _env(project)
-    command = f"python3 {H}/third_party.py" if HAS_CLICK else f"python3 {H}/uncaught.py"
+    command = f"python3 {H}/third_party.py"
     expected = _native(command, EVENT, env, project)
     for _ in range(3):
         got = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(project)))
@@ -305,12 +308,16 @@ def test_plan_reasons(command: str, warm: bool, reason: str, runner: LegacyRunne
     assert plan.warm is warm and reason in plan.reason, plan
 
 
-def test_plan_for_uv_scripts(runner: LegacyRunner, tmp_path: Path) -> None:
+def _with_uv(tmp_path: Path) -> dict[str, str]:
+    """The hooks' environment with the real uv (a test dependency) first on PATH, offline, its cache here."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "uv").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "uv").chmod(0o755)
-    env = _env(tmp_path, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    (bin_dir / "uv").symlink_to(installed_tool("uv"))
+    return _env(tmp_path, {"PATH": f"{bin_dir}:{os.environ['PATH']}", "UV_OFFLINE": "1", "UV_CACHE_DIR": str(tmp_path / "uv-cache")})
+
+
+def test_plan_for_uv_scripts(runner: LegacyRunner, tmp_path: Path) -> None:
+    env = _with_uv(tmp_path)
     meta = '# /// script\n# dependencies = ["Click>=8", "python-dateutil"]\n# ///\nprint(1)\n'
     (tmp_path / "deps.py").write_text(meta)
     (tmp_path / "pinned.py").write_text(meta.replace("# dependencies", '# requires-python = ">=3.12"\n# dependencies'))
@@ -321,16 +328,16 @@ def test_plan_for_uv_scripts(runner: LegacyRunner, tmp_path: Path) -> None:
 
 
 def test_uv_script_with_missing_dependency_spawns(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "uv").write_text('#!/bin/sh\necho "fake uv $*"\n')
-    (bin_dir / "uv").chmod(0o755)
+    """uv cannot resolve the script's environment: the probe finds no interpreter, so the hook is
+    spawned and gives exactly uv's own failure."""
     (tmp_path / "deps.py").write_text('# /// script\n# dependencies = ["hookopt-not-installed"]\n# ///\nprint(1)\n')
-    env = _env(tmp_path, {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    env = _with_uv(tmp_path)
     assert runner.plan("uv run deps.py", env, str(tmp_path)).warm
+    expected = _native("uv run deps.py", EVENT, env, tmp_path)
+    assert expected.exit_code not in (0, None) and b"hookopt-not-installed" in expected.stderr, expected
     before = runner.stats()
     got = loop.run_until_complete(runner.run("uv run deps.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
-    assert got == HookResult(0, b"fake uv run deps.py\n", b"")
+    assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
     assert runner.stats()["fallbacks"] == before["fallbacks"] + 1
 
 
