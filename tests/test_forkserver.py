@@ -189,6 +189,45 @@ def test_a_child_that_reported_its_exit_waits_for_the_daemons_word(
             os.kill(pid, signal.SIGKILL)
 
 
+def test_nothing_of_the_script_runs_while_its_child_waits(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """A script that leaves a thread running exits at once, as a fresh interpreter would (the
+    thread could otherwise run on while the child waits); one that set a signal handler waits
+    with signals blocked, so the handler never runs after the script has ended."""
+    (tmp_path / "threaded.py").write_text("import os, threading\nthreading.Thread(target=threading.Event().wait, daemon=True).start()\nprint(os.getpid())\n")
+    (tmp_path / "handler.py").write_text(
+        "import os, signal\n"
+        f"signal.signal(signal.SIGUSR1, lambda *a: open({str(tmp_path / 'handled')!r}, 'w').close())\n"
+        "print(os.getpid())\n"
+    )
+
+    async def go() -> tuple[bool, bool]:
+        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path), hold_max_s=60.0)
+        await server.start()
+        server._release = lambda: None  # type: ignore[method-assign]  # no word: only the rules above end a wait
+        try:
+            outcome = []
+            for name in ("threaded.py", "handler.py"):
+                await _spare_waiting(server)
+                script = str(tmp_path / name)
+                result = await server.run(script, script, [], stdin=b"", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
+                pid = int(result.stdout)
+                if name == "handler.py":
+                    os.kill(pid, signal.SIGUSR1)
+                deadline = time.monotonic() + (WAIT if name == "threaded.py" else 1.0)
+                while not _exited(pid) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)
+                outcome.append(_exited(pid))
+                if not _exited(pid):
+                    os.kill(pid, signal.SIGKILL)
+            return outcome[0], outcome[1]
+        finally:
+            await server.close()
+
+    threaded_gone, handler_gone = loop.run_until_complete(go())
+    assert threaded_gone  # did not wait for a word that never came
+    assert not handler_gone and not (tmp_path / "handled").exists()  # still waiting; its handler never ran
+
+
 def test_an_exit_report_from_a_pid_not_known_yet_is_let_go_at_once(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     """A direct fork may report before the zygote has told its pid: nothing to hold it for (its
     exit comes from the zygote once reaped), so it must not wait out its limit. Here the report

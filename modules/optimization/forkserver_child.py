@@ -333,6 +333,9 @@ def _report_exit(status: int) -> None:
     neither waits for the kernel's teardown of us. That teardown, and the zygote reaping us,
     still cost a processor: the daemon says when its answer is out (or after _HOLD_MAX_S),
     so they do not compete with the event's other hooks or with the daemon answering it.
+    Nothing of the script may run meanwhile, as nothing would once a fresh interpreter is
+    exiting: we wait only when we are the process's last thread, with every signal blocked
+    (its handlers wait with them, and are dropped by the _exit).
     """
     # What _exit would close anyway (other fds too, but these are the ones the daemon waits on).
     os.closerange(0, 3)
@@ -343,9 +346,11 @@ def _report_exit(status: int) -> None:
     except OSError:
         return  # the zygote reports it anyway when it reaps us
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # from the report on
         sock.bind(b"")  # an address of our own (abstract, made by the kernel), where the word comes
         sock.sendto(bytes((status,)), _EXITS_ADDR)
-        select.select([sock], [], [], _HOLD_MAX_S)
+        if len(os.listdir("/proc/self/task")) == 1:
+            select.select([sock], [], [], _HOLD_MAX_S)
     except OSError:
         pass
     finally:
