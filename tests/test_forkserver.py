@@ -4,6 +4,7 @@ libraries; each run stays identical to `/bin/sh -c command`."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import socket
@@ -192,11 +193,13 @@ def test_a_child_that_reported_its_exit_waits_for_the_daemons_word(
 def test_nothing_of_the_script_runs_while_its_child_waits(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     """A script that leaves a thread running exits at once, as a fresh interpreter would (the
     thread could otherwise run on while the child waits); one that set a signal handler waits
-    with signals blocked, so the handler never runs after the script has ended."""
+    with signals blocked, so the handler never runs after the script has ended, and with its
+    fds closed, so a lock it never let go of is free as soon as the run is over."""
     (tmp_path / "threaded.py").write_text("import os, threading\nthreading.Thread(target=threading.Event().wait, daemon=True).start()\nprint(os.getpid())\n")
     (tmp_path / "handler.py").write_text(
-        "import os, signal\n"
+        "import fcntl, os, signal\n"
         f"signal.signal(signal.SIGUSR1, lambda *a: open({str(tmp_path / 'handled')!r}, 'w').close())\n"
+        f"fcntl.flock(os.open({str(tmp_path / 'lock')!r}, os.O_CREAT | os.O_RDWR), fcntl.LOCK_EX)  # never closed\n"
         "print(os.getpid())\n"
     )
 
@@ -213,6 +216,8 @@ def test_nothing_of_the_script_runs_while_its_child_waits(loop: asyncio.Abstract
                 pid = int(result.stdout)
                 if name == "handler.py":
                     os.kill(pid, signal.SIGUSR1)
+                    with open(tmp_path / "lock", "rb") as lock:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its lock went with its fds
                 deadline = time.monotonic() + (WAIT if name == "threaded.py" else 1.0)
                 while not _exited(pid) and time.monotonic() < deadline:
                     await asyncio.sleep(0.001)

@@ -327,15 +327,17 @@ def _wait_for_job(chan: socket.socket) -> "tuple[dict[str, object], list[int]]":
 
 
 def _report_exit(status: int) -> None:
-    """Close stdio and tell the daemon our exit status, then wait for its word before we _exit.
+    """Close our fds and tell the daemon our exit status, then wait for its word before we _exit.
 
     The daemon has all it needs from us then (stdout and stderr at EOF, the status), and
     neither waits for the kernel's teardown of us. That teardown, and the zygote reaping us,
     still cost a processor: the daemon says when its answer is out (or after _HOLD_MAX_S),
     so they do not compete with the event's other hooks or with the daemon answering it.
-    Nothing of the script may run meanwhile, as nothing would once a fresh interpreter is
-    exiting: we wait only when we are the process's last thread, with every signal blocked
-    (its handlers wait with them, and are dropped by the _exit).
+    Nothing of the script may run or hold on meanwhile, as nothing would once a fresh
+    interpreter is exiting: we wait only when we are the process's last thread, with every
+    signal blocked (its handlers wait with them, and are dropped by the _exit) and every fd
+    closed before the report (a lock the script held is free, a pipe to its own child ended,
+    by the time the daemon hears of the exit, as when a process is gone).
     """
     # What _exit would close anyway (other fds too, but these are the ones the daemon waits on).
     os.closerange(0, 3)
@@ -346,10 +348,19 @@ def _report_exit(status: int) -> None:
     except OSError:
         return  # the zygote reports it anyway when it reaps us
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # from the report on
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        alone = len(os.listdir("/proc/self/task")) == 1
+        if alone:
+            # What _exit closes first, before the daemon hears of the exit, as it would natively.
+            for name in os.listdir("/proc/self/fd"):
+                if int(name) != sock.fileno():
+                    try:
+                        os.close(int(name))
+                    except OSError:
+                        pass  # the listing's own
         sock.bind(b"")  # an address of our own (abstract, made by the kernel), where the word comes
         sock.sendto(bytes((status,)), _EXITS_ADDR)
-        if len(os.listdir("/proc/self/task")) == 1:
+        if alone:
             select.select([sock], [], [], _HOLD_MAX_S)
     except OSError:
         pass
