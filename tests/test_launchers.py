@@ -102,7 +102,7 @@ def _assert_warm_and_identical(command: str, env: dict[str, str], project: Path,
         loop.run_until_complete(runner.close())
 
 
-# A hook of a poetry or pipenv project: it imports a module only the project's environment has.
+# A hook of a poetry, pipenv or uv project: it imports a module only the project's environment has.
 TOOL_HOOK = """\
 import os, sys
 import only_here
@@ -114,11 +114,12 @@ raise SystemExit(sys.stdin.read().count("rm"))
 TOOL_FILES = {
     "poetry": ("pyproject.toml", '[project]\nname = "hooks"\nversion = "0"\n\n[tool.poetry]\npackage-mode = false\n'),
     "pipenv": ("Pipfile", "[packages]\n"),
+    "uv": ("pyproject.toml", '[project]\nname = "hooks"\nversion = "0"\nrequires-python = ">=3.8"\ndependencies = []\n'),
 }
 
 
 def _tool_project(tool: str, root: Path) -> dict[str, str]:
-    """A poetry or pipenv project at root with its environment made by the tool; the hooks' environment."""
+    """A poetry, pipenv or uv project at root with its environment made by the tool; the hooks' environment."""
     (root / "bin").mkdir()
     (root / "bin" / tool).symlink_to(installed_tool(tool))
     (root / H).mkdir(parents=True)
@@ -142,9 +143,10 @@ def _make_environment(tool: str, root: Path, env: dict[str, str], build: int) ->
 
 
 @pytest.mark.parametrize(
-    ("tool", "command"), [("poetry", f"poetry run python {H}/tool.py p"), ("pipenv", f"pipenv run python3 -u {H}/tool.py")]
+    ("tool", "command"),
+    [("poetry", f"poetry run python {H}/tool.py p"), ("pipenv", f"pipenv run python3 -u {H}/tool.py"), ("uv", f"uv run {H}/tool.py p")],
 )
-def test_poetry_and_pipenv_hooks_run_warm_in_the_project_environment(
+def test_project_tools_run_hooks_warm_in_the_project_environment(
     tool: str, command: str, tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
     env = _tool_project(tool, tmp_path)
@@ -217,3 +219,19 @@ def test_signal_death_under_uv_is_what_uv_reports(project: Path, loop: asyncio.A
 def test_other_launcher_forms_are_spawned(command: str, reason: str, project: Path) -> None:
     plan = LegacyRunner().plan(command, _env(project), str(project))
     assert not plan.warm and reason in plan.reason, plan
+
+
+def test_a_launcher_that_talks_on_every_run_is_spawned(tmp_path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """pipenv says "Loading .env environment variables..." on every run when the project has a
+    .env: a warm run could not say the same, so the hook is spawned, exactly as sh runs it."""
+    env = _tool_project("pipenv", tmp_path)
+    (tmp_path / ".env").write_text("FROM_DOTENV=yes\n")
+    command, runner = f"pipenv run python {H}/tool.py", LegacyRunner()
+    try:
+        expected = _native(command, env, tmp_path)
+        assert b".env" in expected.stderr, expected  # what makes it talk
+        got = loop.run_until_complete(runner.run(command, stdin=EVENT, env=env, cwd=str(tmp_path)))
+        assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
+        assert runner.stats()["warm_runs"] == 0 and runner.stats()["probes"] == 1, runner.stats()
+    finally:
+        loop.run_until_complete(runner.close())
