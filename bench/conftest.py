@@ -9,8 +9,10 @@ import contextlib
 import json
 import posix
 import shutil
+import socket
 import statistics
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,55 @@ def daemon(tmp_path_factory):
     finally:
         runtime.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class FloorServer:
+    """The least an http hook can cost: a server that answers every POST at once with `{}`.
+
+    Each response goes out in one send on a TCP_NODELAY socket (headers and body apart
+    would meet Nagle and delayed ACK: +40 ms); connections are kept alive.
+    """
+
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buf) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                buf = buf[length:]
+                self.requests += 1
+                conn.sendall(self.RESPONSE)
+
+    def close(self):
+        self.sock.close()
