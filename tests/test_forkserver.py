@@ -146,7 +146,7 @@ def _exited(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # a zombie until its zygote reaps it
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped (the second: while we read it)
         return True
 
 
@@ -231,6 +231,31 @@ def test_nothing_of_the_script_runs_while_its_child_waits(loop: asyncio.Abstract
     threaded_gone, handler_gone = loop.run_until_complete(go())
     assert threaded_gone  # did not wait for a word that never came
     assert not handler_gone and not (tmp_path / "handled").exists()  # still waiting; its handler never ran
+
+
+def test_a_spare_takes_the_jobs_environment_in_its_order(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """A spare keeps the zygote's environment when the job's is the same, in the same order; the
+    same variables in another order are another environment (os.environ and what a child inherits)."""
+    script = tmp_path / "order.py"
+    script.write_text("import os\nprint([k for k in os.environ if k.startswith('ORDER_')])\nimport subprocess\nprint([l.split('=')[0] for l in subprocess.run(['env'], capture_output=True, text=True).stdout.splitlines() if l.startswith('ORDER_')])\n")
+    ours = [(f"ORDER_{i}", str(i)) for i in range(5)]
+    theirs = dict(reversed(ours))
+
+    async def go() -> list[bytes]:
+        server = ForkServer(PYENV_PY, env={**_env(tmp_path), **dict(ours)}, cwd=str(tmp_path))
+        await server.start()
+        try:
+            outputs = []
+            for env in ({**_env(tmp_path), **theirs}, {**_env(tmp_path), **theirs}):
+                await _spare_waiting(server)  # the second one made after the first run: it applied that run's environment ahead
+                result = await server.run(str(script), str(script), [], stdin=b"", env=env, cwd=str(tmp_path), timeout_s=WAIT)
+                outputs.append(result.stdout)
+            return outputs
+        finally:
+            await server.close()
+
+    expected = (str(list(theirs)) + "\n") * 2
+    assert loop.run_until_complete(go()) == [expected.encode()] * 2
 
 
 def test_an_exit_report_from_a_pid_not_known_yet_is_let_go_at_once(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ import signal
 import sys
 
 print("env", list(os.environ.items()))
+child = __import__("subprocess").run(["env"], capture_output=True, check=False)  # no shell: the C-level environment, in its order
+print("env of a child", child.stdout.decode("utf-8", "replace").splitlines())
 print("cwd", os.getcwd())
 print("path", sys.path)
 print("flags", sys.flags)
