@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,23 +135,37 @@ def test_identical_to_sh(case: Case, runner: LegacyRunner, loop: asyncio.Abstrac
     if case.warm:
         # And once more in a spare: forked ahead, its environment applied, waiting under SCHED_BATCH.
         server = runner.servers[-1]  # the zygote used last
-        spares = _spares_waiting(server, loop)
+        _spares_waiting(server, loop)
+        taken = _spy_on_hand_offs(server)
         got = loop.run_until_complete(runner.run(case.command, stdin=case.event, env=env, cwd=str(project), timeout_s=60))
         assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
-        assert spares - {pid for pid, _ in server._spares}, "no spare took the run"
+        assert taken and taken[-1] is not None, "no spare took the run"
 
 
-def _spares_waiting(server: ForkServer, loop: asyncio.AbstractEventLoop) -> set[int]:
-    """The pids of the spares a zygote holds, once it has forked one."""
+def _spy_on_hand_offs(server: ForkServer) -> list[int | None]:
+    """What each hand-off of the server returns from now on: the spare's pid, or None (no spare)."""
+    taken: list[int | None] = []
+    hand_off = server._hand_to_spare
 
-    async def wait() -> set[int]:
+    async def spy(*args: Any, **kwargs: Any) -> int | None:
+        taken.append(await hand_off(*args, **kwargs))
+        return taken[-1]
+
+    server._hand_to_spare = spy  # type: ignore[method-assign]
+    return taken
+
+
+def _spares_waiting(server: ForkServer, loop: asyncio.AbstractEventLoop) -> None:
+    """Once the zygote has a spare waiting (more may come while the next run starts)."""
+
+    async def wait() -> None:
         for _ in range(500):
             if server._spares:
-                return {pid for pid, _ in server._spares}
+                return
             await asyncio.sleep(0.01)
         raise AssertionError("no spare was forked")
 
-    return loop.run_until_complete(wait())
+    loop.run_until_complete(wait())
 
 
 def test_the_corpus_third_party_library_is_installed() -> None:
