@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from modules.optimization.forkserver_client import ForkServer
 from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
 from modules.optimization.wire import LEGACY_ENV
@@ -107,3 +108,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(CORPUS / "introspect.py", root / "hookpkg" / "introspect.py")
     return root
 
+
+async def spare_waiting(server: ForkServer) -> None:
+    """Once the zygote has a spare waiting (more may come while the next run starts)."""
+    for _ in range(int(WAIT * 100)):
+        if server._spares:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no spare was forked")

@@ -18,7 +18,7 @@ from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
 from tests.clock import FakeClock
-from tests.legacy_helpers import EVENT, NEEDS_SH, PYENV_PY, WAIT, H, _env, _native
+from tests.legacy_helpers import EVENT, NEEDS_SH, PYENV_PY, WAIT, H, _env, _native, spare_waiting
 
 pytestmark = NEEDS_SH
 loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
@@ -166,7 +166,7 @@ def test_a_child_that_reported_its_exit_waits_for_the_daemons_word(
         if not word:
             server._release = lambda: None  # type: ignore[method-assign]
         try:
-            await _spare_waiting(server)  # its pid known before the run: a direct fork's may come after its report
+            await spare_waiting(server)  # its pid known before the run: a direct fork's may come after its report
             called = time.monotonic()
             result = await server.run(str(script), str(script), [], stdin=b"", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
             held = list(server._held)
@@ -210,7 +210,7 @@ def test_nothing_of_the_script_runs_while_its_child_waits(loop: asyncio.Abstract
         try:
             outcome = []
             for name in ("threaded.py", "handler.py"):
-                await _spare_waiting(server)
+                await spare_waiting(server)
                 script = str(tmp_path / name)
                 result = await server.run(script, script, [], stdin=b"", env=_env(tmp_path), cwd=str(tmp_path), timeout_s=WAIT)
                 pid = int(result.stdout)
@@ -247,7 +247,7 @@ def test_a_spare_takes_the_jobs_environment_in_its_order(loop: asyncio.AbstractE
         try:
             outputs = []
             for env in ({**_env(tmp_path), **theirs}, {**_env(tmp_path), **theirs}):
-                await _spare_waiting(server)  # the second one made after the first run: it applied that run's environment ahead
+                await spare_waiting(server)  # the second one made after the first run: it applied that run's environment ahead
                 result = await server.run(str(script), str(script), [], stdin=b"", env=env, cwd=str(tmp_path), timeout_s=WAIT)
                 outputs.append(result.stdout)
             return outputs
@@ -277,14 +277,6 @@ def test_an_exit_report_from_a_pid_not_known_yet_is_let_go_at_once(loop: asyncio
             await server.close()
 
     assert loop.run_until_complete(go()) == b""
-
-
-async def _spare_waiting(server: ForkServer) -> None:
-    for _ in range(int(WAIT * 100)):
-        if server._spares:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no spare was forked")
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two processors to spread spares over")

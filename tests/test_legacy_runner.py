@@ -22,7 +22,7 @@ from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
-from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native, installed_tool
+from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native, installed_tool, spare_waiting
 
 pytestmark = NEEDS_SH
 loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
@@ -135,7 +135,7 @@ def test_identical_to_sh(case: Case, runner: LegacyRunner, loop: asyncio.Abstrac
     if case.warm:
         # And once more in a spare: forked ahead, its environment applied, waiting under SCHED_BATCH.
         server = runner.servers[-1]  # the zygote used last
-        _spares_waiting(server, loop)
+        loop.run_until_complete(spare_waiting(server))
         taken = _spy_on_hand_offs(server)
         got = loop.run_until_complete(runner.run(case.command, stdin=case.event, env=env, cwd=str(project), timeout_s=60))
         assert (got.exit_code, got.stdout, got.stderr) == (expected.exit_code, expected.stdout, expected.stderr)
@@ -153,19 +153,6 @@ def _spy_on_hand_offs(server: ForkServer) -> list[int | None]:
 
     server._hand_to_spare = spy  # type: ignore[method-assign]
     return taken
-
-
-def _spares_waiting(server: ForkServer, loop: asyncio.AbstractEventLoop) -> None:
-    """Once the zygote has a spare waiting (more may come while the next run starts)."""
-
-    async def wait() -> None:
-        for _ in range(500):
-            if server._spares:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("no spare was forked")
-
-    loop.run_until_complete(wait())
 
 
 def test_the_corpus_third_party_library_is_installed() -> None:

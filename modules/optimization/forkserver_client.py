@@ -322,8 +322,9 @@ class ForkServer:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _after_event(self) -> None:
-        """Once the event's reply has gone (two loop turns on), send the pending notes; a little
-        later, let the children that reported their exit go (see forkserver_child._report_exit)."""
+        """Two loop turns on, about when the event's reply goes, send the pending notes; once it
+        has surely gone (_RELEASE_AFTER_S), let the children that reported their exit go (see
+        forkserver_child._report_exit)."""
         loop = asyncio.get_running_loop()
 
         def after() -> None:
