@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
@@ -154,8 +155,8 @@ async def spawn(
     ours = (fed, ours[1], ours[2])
     niced = [NICE, "-n", str(nice)] if nice and NICE else []
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *niced, SH, "-c", command, stdin=child[0], stdout=child[1], stderr=child[2],
+        proc = subprocess.Popen(
+            [*niced, SH, "-c", command], stdin=child[0], stdout=child[1], stderr=child[2],
             env={**env, LEGACY_ENV: "1"}, cwd=cwd, start_new_session=True,
         )  # fmt: skip
     except BaseException:
@@ -166,12 +167,23 @@ async def spawn(
 
     async def kill() -> None:
         if proc.returncode is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            _killpg(proc.pid)  # reaped when proc is collected (Popen polls then, or at the next Popen)
 
-    return await _collect(stdin, ours, proc.wait(), kill, timeout_s)
+    return await _collect(stdin, ours, _exit_code(proc), kill, timeout_s)
+
+
+async def _exit_code(proc: subprocess.Popen[bytes]) -> int:
+    """proc's exit code (-N: killed by signal N), awaited on a pidfd: no thread per child, as
+    asyncio's child watcher starts before Python 3.12 (a `true` took 1.8-2.0 ms with it, 1.3-1.4 without)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (Linux < 5.3): wait in a thread
+        return await asyncio.to_thread(proc.wait)
+    try:
+        await _readable(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 # -- fds and sockets -------------------------------------------------------------
