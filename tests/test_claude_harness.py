@@ -1,10 +1,13 @@
 """The Claude Code harness: the stand-in Messages API, and real CLI sessions with the example's native hooks."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import socket
 import sqlite3
 import textwrap
+import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -263,3 +266,60 @@ def test_without_hooks_nothing_is_blocked(claude_session: Session, example_proje
     assert outside.read_text() == "fine\n"
     assert session.results[session.ids[3]].is_error
     assert not (example_project / ".claude").exists()
+
+
+class _KeepAliveThenClose:
+    """An http hook server that keeps connections alive, answers every PreToolUse with a deny, and
+    closes a connection without an answer when a PreToolUse arrives on it after an earlier request
+    (what a kept-alive connection to a daemon worker that just died looks like to Claude Code)."""
+
+    DENY = json.dumps({"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny", "permissionDecisionReason": "denied"}}).encode()
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            for served in itertools.count():
+                head = [line.strip().lower() for line in iter(stream.readline, b"\r\n")]
+                if not head or not head[0]:
+                    return
+                length = next((int(h.split(b":", 1)[1]) for h in head if h.startswith(b"content-length:")), 0)
+                event = json.loads(stream.read(length))["hook_event_name"]
+                if event == "PreToolUse" and served:
+                    self.dropped += 1
+                    return
+                body = self.DENY if event == "PreToolUse" else b"{}"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+@pytest.mark.claude
+def test_claude_code_lets_a_call_through_when_a_kept_alive_hook_connection_closes_under_it(claude_session: Session, tmp_path: Path) -> None:
+    """Why the daemon never keeps an http connection alive: Claude Code reuses a kept-alive
+    connection and does not retry a request the server closed without an answer, so a worker
+    dying with idle connections would let guarded calls through. Connection: close costs a
+    connection per event instead."""
+    server = _KeepAliveThenClose()
+    project = tmp_path / "keepalive"
+    (project / ".claude").mkdir(parents=True)
+    hook = {"type": "http", "url": f"http://127.0.0.1:{server.port}/hook", "timeout": 30}
+    settings = {"hooks": {event: [{"matcher": "*", "hooks": [hook]}] for event in ("UserPromptSubmit", "PreToolUse", "PostToolUse")}}
+    (project / ".claude" / "settings.json").write_text(json.dumps(settings))
+    calls = [("Bash", {"command": f"touch ran{i}", "description": "touch"}) for i in range(2)]
+    session = claude_session(project, calls)
+    assert session.returncode == 0, session.stderr
+    assert server.dropped == 2  # each PreToolUse came on a connection that had served an earlier event
+    assert session.blocked_ids == []
+    assert (project / "ran0").exists() and (project / "ran1").exists()  # the deny never came: both ran

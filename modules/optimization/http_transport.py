@@ -6,7 +6,7 @@ each response is written in one send with TCP_NODELAY (split sends meet Nagle pl
 delayed ACK: ~40 ms per event). Connections are never kept alive: when a worker dies
 (the supervisor restarts it), Claude Code's next request on a kept-alive connection to
 it would fail, which Claude Code takes as a non-blocking error and lets the tool call
-through; a fresh connection waits in the listen backlog the supervisor keeps open until
+through (it does not retry: tests/test_claude_harness.py); a fresh connection waits in the listen backlog the supervisor keeps open until
 the next worker answers it (about 0.2-0.5 ms more per event, measured). A request that cannot be
 framed (no end of head within 64 KiB, a Content-Length that is not a number, EOF
 mid-body) closes the connection without a reply; an oversized one gets 413 and a close.
