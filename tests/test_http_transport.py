@@ -2,11 +2,15 @@
 
 import contextlib
 import json
+import os
+import posix
+import signal
 import socket
 import subprocess
 
 from modules.optimization.protocol import MAX_EVENT_BYTES
-from tests.daemon_helpers import decision, http_post, pre_event, state
+from modules.optimization.installer import install
+from tests.daemon_helpers import decision, http_post, pre_event, project_with_hook, state, wait_for
 
 
 def _read_response(conn):
@@ -95,22 +99,73 @@ def test_http_transport_answers_with_the_token_only(rt):
     assert http_post(endpoint["port"], b"{nope", endpoint["token"])[0] == 500
 
 
-def test_http_one_request_per_connection_and_loopback_only(rt):
-    """Never kept alive: a kept-alive connection to a worker that dies fails Claude Code's next
-    request on it, which lets the call through; a fresh one waits for the next worker."""
+def _response(stream):
+    """(status, headers, body) of the next response on a buffered stream (responses may come together)."""
+    lines = [line.decode("latin-1").rstrip("\r\n") for line in iter(stream.readline, b"\r\n")]
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, stream.read(int(headers["content-length"]))
+
+
+def _request(endpoint, body, *headers):
+    return (
+        f"POST /hook HTTP/1.1\r\nHost: x\r\nX-Hookopt-Token: {endpoint['token']}\r\n"
+        + "".join(f"{h}\r\n" for h in headers)
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def test_http_connections_are_kept_alive_through_a_worker_crash_and_loopback_only(rt):
+    """Claude Code sends its next request on a kept-alive connection and does not retry one
+    the server closes under it (tests/test_claude_harness.py): the connections outlive the
+    worker, and a request sent while no worker runs is answered by the next one."""
     rt.start()
     endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
-    body = json.dumps(pre_event(rt.project, "rm -rf /")).encode()
-    request = (
-        f"POST /hook HTTP/1.1\r\nHost: x\r\nX-Hookopt-Token: {endpoint['token']}\r\n"
-        f"Content-Type: application/json\r\nConnection: keep-alive\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    for _ in range(2):
-        with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn:
-            conn.sendall(request + request)  # a second request on the same connection is not answered
-            status, headers, payload = _read_response(conn)
-            assert status == 200 and headers["connection"] == "close" and b'"deny"' in payload
-            assert _closed(conn)
+    request = _request(endpoint, json.dumps(pre_event(rt.project, "rm -rf /")).encode())
+    with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn, conn.makefile("rb") as stream:
+        conn.sendall(request + request)  # two at once: answered in turn on the same connection
+        for _ in range(2):
+            status, headers, payload = _response(stream)
+            assert status == 200 and headers["connection"] == "keep-alive" and b'"deny"' in payload
+        worker = rt.status()["pid"]
+        os.kill(worker, signal.SIGKILL)
+        conn.sendall(request)  # while it dies: waits in the socket for the next worker
+        status, headers, payload = _response(stream)
+        assert status == 200 and headers["connection"] == "keep-alive" and b'"deny"' in payload
+        status = rt.status()
+        assert status["pid"] != worker and status["supervisor"]["restarts"] == 1
+        conn.sendall(_request(endpoint, json.dumps(pre_event(rt.project, "ls")).encode(), "Connection: close"))
+        status, headers, payload = _response(stream)
+        assert status == 200 and headers["connection"] == "close"  # the client's choice is kept
+        assert stream.read() == b""  # and the connection closed
     for port in (endpoint["port"], endpoint["metrics_port"]):
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
         assert listening[3] == f"127.0.0.1:{port}", listening  # the local address column
+
+
+SLOW_GUARD = """import os, sys, time
+sys.stdin.read()
+open(os.path.join(os.environ["CLAUDE_PROJECT_DIR"], "started"), "w").close()
+time.sleep(20)
+"""
+
+
+def test_a_request_the_dead_worker_had_taken_closes_its_connection_at_once(rt, monkeypatch):
+    """Its answer will never come: Claude Code sees the close at once (as with a connection per
+    event), not after its hook timeout. The other connections stay."""
+    project_with_hook(rt.project, "PreToolUse", "Bash", "slow.py", SLOW_GUARD)
+    monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(rt.root).encode())  # the install's client starts it there
+    install(rt.project, transport="http", say=lambda _: None)
+    worker = wait_for(rt.status, what="the daemon the install started")["pid"]
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as idle, idle.makefile("rb") as idle_stream:
+        idle.sendall(_request(endpoint, json.dumps(pre_event(rt.project, "ls")).encode()))
+        assert _response(idle_stream)[0] == 200  # now an idle kept connection
+        with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as busy:
+            body = json.dumps(pre_event(rt.project, "ls")).encode()
+            busy.sendall(_request(endpoint, body).replace(b"POST /hook ", b"POST /hook/stack "))
+            wait_for(lambda: (rt.project / "started").exists(), what="the slow guard to start")
+            os.kill(worker, signal.SIGKILL)
+            assert _closed(busy)  # within the socket's 10 s timeout, long before the guard's 20 s
+        idle.sendall(_request(endpoint, json.dumps(pre_event(rt.project, "rm -rf /")).encode()))
+        status, headers, payload = _response(idle_stream)
+        assert status == 200 and b'"deny"' in payload and rt.status()["pid"] != worker

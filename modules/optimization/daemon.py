@@ -35,9 +35,10 @@ from typing import Any, Final
 from . import wire
 from .dispatch import SECTION_LIMITS, Dispatcher
 from .hook_integration import Engine
-from .http_transport import http_endpoint, serve_http
+from .http_transport import http_endpoint, no_delay, serve_http
 from .hugepages import take_back
 from .integrated_optimizer import DEFAULTS_PATH, AdaptiveSwitcher, ConfigError, LoadSample, Retention, Settings, load_settings
+from .kept_connections import Keeper
 from .logfile import log_to
 from .paths import state_dir, write_private
 from .protocol import MAX_EVENT_BYTES
@@ -92,9 +93,12 @@ class Listeners:
     unix: socket.socket
     http: socket.socket
     sock_path: Path
+    kept: Keeper | None = None  # under the supervisor: it accepts the http connections and keeps them
 
     def close(self) -> None:
-        """Close both and remove the socket file."""
+        """Close both (and the kept connections) and remove the socket file."""
+        if self.kept is not None:
+            self.kept.close()
         self.unix.close()
         self.http.close()
         self.sock_path.unlink(missing_ok=True)
@@ -283,7 +287,7 @@ class Daemon(Dispatcher):
         own = listeners is None
         if listeners is None:
             listeners = bind_listeners(self.project, self.endpoint)
-        self._streams = [serve_unix(listeners.unix, self.answer_frame, SECTION_LIMITS), serve_http(self, listeners.http)]
+        self._streams = [serve_unix(listeners.unix, self.answer_frame, SECTION_LIMITS), serve_http(self, listeners.http, listeners.kept)]
         self._metrics, metrics_port = self.monitor.serve(int(self.endpoint.get("metrics_port") or 0))
         self.endpoint.update(port=listeners.http.getsockname()[1], metrics_port=metrics_port)
         write_private(self.state / "http.json", json.dumps(self.endpoint))
@@ -437,10 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             log_to(state_dir(project) / "daemon.log", max_bytes=retention.log_max_bytes, backups=retention.log_backups)
             listeners = bind_listeners(project, http_endpoint(project))
+            listeners = dataclasses.replace(listeners, kept=Keeper(listeners.http, no_delay))
         except OSError as exc:
             return _boot_failed(project, _state_error(project, exc))
         compile_client()
-        supervisor = Supervisor(lambda ctx: work(project, listeners, ctx, started_with, on_malloc), Policy(final_codes=FINAL_EXITS))
+        supervisor = Supervisor(
+            lambda ctx: work(project, listeners, ctx, started_with, on_malloc), Policy(final_codes=FINAL_EXITS), keeper=listeners.kept
+        )
         try:
             code = supervisor.run()
         finally:

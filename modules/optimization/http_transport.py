@@ -3,13 +3,11 @@
 POST /hook (hookopt's validators) or /hook/stack[/SCOPE] (a consolidated install) with
 the event as JSON and the per-project token header (served by stream_server.StreamServer);
 each response is written in one send with TCP_NODELAY (split sends meet Nagle plus
-delayed ACK: ~40 ms per event). Connections are never kept alive: when a worker dies
-(the supervisor restarts it), Claude Code's next request on a kept-alive connection to
-it would fail, which Claude Code takes as a non-blocking error and lets the tool call
-through (it does not retry: tests/test_claude_harness.py); a fresh connection waits in the listen backlog the supervisor keeps open until
-the next worker answers it (about 0.2-0.5 ms more per event, measured). A request that cannot be
-framed (no end of head within 64 KiB, a Content-Length that is not a number, EOF
-mid-body) closes the connection without a reply; an oversized one gets 413 and a close.
+delayed ACK: ~40 ms per event). Under the supervisor, connections are kept alive and
+outlive the worker (kept_connections.py); a daemon served without one (tests) answers
+one request per connection. A request that cannot be framed (no end of head within 64 KiB, a Content-Length that is
+not a number, EOF mid-body) closes the connection without a reply; an oversized one gets
+413 and a close.
 An http request carries no environment: hooks behind it run in the daemon's.
 """
 
@@ -25,11 +23,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from .kept_connections import Keeper, KeptServer
 from .paths import state_dir, write_private
 from .protocol import MAX_EVENT_BYTES, HookResult, http_reply
 from .stream_server import UNFRAMED, StreamServer
 
-__all__ = ["MAX_HTTP_HEADERS", "MAX_HTTP_HEAD_BYTES", "TOKEN_HEADER", "http_endpoint", "serve_http"]
+__all__ = ["MAX_HTTP_HEADERS", "MAX_HTTP_HEAD_BYTES", "TOKEN_HEADER", "http_endpoint", "no_delay", "serve_http"]
 
 log = logging.getLogger("hookopt.daemon")
 
@@ -49,21 +48,30 @@ class Answers(Protocol):
     async def dispatch_stack(self, raw: bytes, env: Mapping[str, str], cwd: str, scope: str = "project") -> HookResult: ...
 
 
-def serve_http(daemon: Answers, sock: socket.socket) -> StreamServer:
-    """Answer Claude Code's http hooks on the listening socket sock from the running loop."""
+def serve_http(daemon: Answers, sock: socket.socket, kept: Keeper | None = None) -> StreamServer:
+    """Answer Claude Code's http hooks from the running loop: on the connections the
+    supervisor's keeper hands over (kept alive), else on the listening socket sock."""
+    if kept is not None and kept.worker_chan is not None:
+        return KeptServer(kept.worker_chan, kept.busy, _Requests(daemon, keep_alive=True))
     return StreamServer(sock, _Requests(daemon), admit=_no_delay)
 
 
-def _no_delay(conn: socket.socket) -> bool:
+def no_delay(conn: socket.socket) -> None:
+    """Replies go out in one send each: no waiting for an ACK (Nagle)."""
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _no_delay(conn: socket.socket) -> bool:
+    no_delay(conn)
     return True
 
 
 class _Requests:
-    """HTTP/1.1 requests, one per connection: POST /hook with the event JSON, token header checked."""
+    """HTTP/1.1 requests: POST /hook with the event JSON, token header checked."""
 
-    def __init__(self, daemon: Answers) -> None:
+    def __init__(self, daemon: Answers, keep_alive: bool = False) -> None:
         self.daemon = daemon
+        self.keep_alive = keep_alive  # answered requests leave the connection open (refused ones close it)
         # The environment the hooks behind these requests run in: the daemon's own, taken once
         # (read through os.environ, every event would decode each variable again).
         self.env = dict(os.environ)
@@ -102,8 +110,9 @@ class _Requests:
         else:
             result = await daemon.dispatch(body)
         status, payload = http_reply(_event_name(body), result)
+        keep = self.keep_alive and headers.get("connection", "").lower() != "close"
         # One write, one send: split header/body sends meet Nagle + delayed ACK (~40 ms).
-        return _http(status, payload), True  # never kept alive: see the module's docstring
+        return _http(status, payload, keep), not keep
 
 
 def _content_length(head: bytes) -> int | None:
@@ -121,12 +130,12 @@ def _content_length(head: bytes) -> int | None:
 _REASONS: Final = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error"}
 
 
-def _http(status: int, body: bytes) -> bytes:
+def _http(status: int, body: bytes, keep_alive: bool = False) -> bytes:
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
         f"Content-Type: {'application/json' if body.startswith(b'{') else 'text/plain; charset=utf-8'}\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     )
     return head.encode("latin-1") + body
 

@@ -177,10 +177,14 @@ class _Connection:
             self.close()
             return
         self.busy = False
+        self.idle()
         if self.buf or self.eof or self.reading:
             self._next()
         else:
             self.readable()  # a thin client's EOF is usually there already: no reader needed
+
+    def idle(self) -> None:
+        """A reply has gone out and the connection stays (see kept_connections)."""
 
     def _want_read(self, on: bool) -> None:
         if on != self.reading:

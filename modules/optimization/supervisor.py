@@ -12,7 +12,8 @@ in a row, supervision gives up.
 
 Whatever the worker must keep across restarts (listening sockets, so clients and Claude
 Code's http hooks meet the same socket, port and token) is created before ``run`` and
-inherited through fork.
+inherited through fork. With a ``Keeper`` (kept_connections.py), the loop also accepts the
+http connections and keeps them open while workers come and go.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .kept_connections import Keeper
 
 __all__ = ["EXIT_GAVE_UP", "Policy", "Supervisor", "WorkerContext"]
 
@@ -80,8 +84,10 @@ class Supervisor:
         policy: Policy = Policy(),
         *,
         clock: Callable[[], float] = time.monotonic,
+        keeper: Keeper | None = None,
     ) -> None:
         self.worker = worker
+        self.keeper = keeper
         self.policy = policy
         self.clock = clock
         self.pid: int | None = None
@@ -141,6 +147,8 @@ class Supervisor:
         beat_r, beat_w = os.pipe()
         os.set_blocking(beat_w, False)
         ctx = WorkerContext(os.getpid(), self.restarts, self.last_exit, beat_w)
+        if self.keeper is not None:
+            self.keeper.new_worker()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -153,6 +161,8 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         os.close(beat_w)
+        if self.keeper is not None:
+            self.keeper.worker_started()
         os.set_blocking(beat_r, False)
         self._close_beat()
         self._beat_r = beat_r
@@ -168,6 +178,8 @@ class Supervisor:
             os.close(fd)
         if self._beat_r >= 0:
             os.close(self._beat_r)
+        if self.keeper is not None:
+            self.keeper.in_worker()
 
     def reap(self) -> None:
         """Collect every exited child (waitpid(-1, WNOHANG)) and decide what comes next."""
@@ -186,6 +198,8 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         killed_by_us, self.pid, self._term_at = self._term_at is not None, None, None
+        if self.keeper is not None:
+            self.keeper.worker_exited()
         self._drain_beats()
         self._close_beat()
         if self._stopping:
@@ -280,7 +294,7 @@ class Supervisor:
                 self._kill(signal.SIGTERM, "replaced on SIGHUP")  # replaced, not final
 
     def _wait(self, max_wait_s: float) -> None:
-        fds = [self._wake_r] + ([self._beat_r] if self._beat_r >= 0 else [])
+        fds = [self._wake_r] + ([self._beat_r] if self._beat_r >= 0 else []) + (self.keeper.fds() if self.keeper else [])
         timeout = max_wait_s
         if self.pid is None and not self._stopping:
             timeout = max(0.0, min(timeout, self._respawn_at - self.clock()))
@@ -292,6 +306,8 @@ class Supervisor:
             if exc.errno != errno.EBADF:
                 raise
             return
+        if self.keeper is not None:
+            self.keeper.ready(ready)
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):

@@ -1,0 +1,247 @@
+"""Claude Code's http hook connections, kept alive across worker restarts.
+
+Claude Code keeps an http hook's connection alive and sends its next request on it; when
+the server closes that connection under the request, it does not retry, it lets the tool
+call through (tests/test_claude_harness.py). A connection per event avoids that, at
+1.7-6.5 ms of Claude Code's time per tool call in three runs (bench/test_e2e_claude.py,
+floor-http-close against floor-http). Kept alive by the worker alone, a worker that dies would close every
+idle connection, and a request already on its way would meet the close.
+
+So the supervisor accepts the connections (``Keeper``), keeps a copy of each and hands
+each to the worker over a SOCK_SEQPACKET channel with the fd attached. The worker serves
+them kept alive (``KeptServer``). When a worker dies, its copies close but the
+supervisor's keep every connection open: the next worker gets them all, and a request
+sent meanwhile waits in the socket for it. Only a connection whose request the dead
+worker had already taken is shut down (the worker marks it in a shared byte per
+connection before it reads): Claude Code sees the close at once, as it did when each
+event had its own connection, instead of waiting for an answer that will never come.
+When the worker is done with a connection (its client closed it, or a refused request),
+it shuts it down and tells the supervisor, which drops its copy.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import mmap
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from .stream_server import Framing, StreamServer, _Connection
+
+__all__ = ["Keeper", "KeptServer"]
+
+log = logging.getLogger("hookopt.daemon")
+
+SLOTS: Final = 1024  # connections kept at once; more wait in the listen backlog for a free slot
+_SLOT: Final = struct.Struct("=I")
+_ACCEPTS_PER_WAKE: Final = 64
+
+
+def _send_fd(chan: socket.socket, slot: int, fd: int) -> bool:
+    try:
+        chan.sendmsg([_SLOT.pack(slot)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    except OSError:  # the worker is gone or not reading: the next one gets it
+        return False
+    return True
+
+
+class Keeper:
+    """In the supervisor: accept on the http listener, keep each connection, hand it to the worker."""
+
+    def __init__(self, listener: socket.socket, admit: Callable[[socket.socket], None], slots: int = SLOTS) -> None:
+        self.listener = listener
+        self.admit = admit  # socket options, set once for both copies
+        listener.setblocking(False)
+        self.busy = mmap.mmap(-1, slots)  # shared with the workers: 1 while one answers that slot's request
+        self.held: dict[int, socket.socket] = {}  # slot -> the supervisor's copy
+        self.unsent: list[int] = []  # kept, not yet handed to the current worker
+        self.chan: socket.socket | None = None  # the supervisor's end of the current worker's channel
+        self.worker_chan: socket.socket | None = None  # the worker's end, inherited through fork
+
+    # -- around a worker's life (Supervisor calls these) ------------------------------
+
+    def new_worker(self) -> None:
+        """Before the fork: a fresh channel for the worker about to start."""
+        self.chan, self.worker_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.chan.setblocking(False)
+
+    def in_worker(self) -> socket.socket:
+        """In the new worker: drop what is the supervisor's, return the worker's channel."""
+        assert self.chan is not None and self.worker_chan is not None
+        self.chan.close()
+        for copy in self.held.values():
+            copy.close()  # else a connection the worker closes would stay open through this copy
+        self.held.clear()
+        return self.worker_chan
+
+    def worker_started(self) -> None:
+        """In the supervisor after the fork: hand the new worker every kept connection."""
+        if self.worker_chan is not None:
+            self.worker_chan.close()
+            self.worker_chan = None
+        self.unsent = sorted(self.held)
+        self._send_unsent()
+
+    def worker_exited(self) -> None:
+        """Shut down the connections whose request the worker had taken; keep the others."""
+        for slot in [s for s in self.held if self.busy[s]]:
+            self._drop(slot, shutdown=True)
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
+        self.unsent = []
+
+    def close(self) -> None:
+        for slot in list(self.held):
+            self._drop(slot, shutdown=False)
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
+
+    # -- the supervisor's loop -------------------------------------------------------
+
+    def fds(self) -> list[int]:
+        """What the supervisor's wait should watch."""
+        if self.chan is None:
+            return []
+        room = len(self.held) < len(self.busy)
+        return [self.chan.fileno(), *([self.listener.fileno()] if room else [])]
+
+    def ready(self, fds: Sequence[int]) -> None:
+        if self.chan is None:
+            return
+        if self.chan.fileno() in fds:
+            self._read_releases()
+        if self.listener.fileno() in fds:
+            self._accept()
+        self._send_unsent()
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_WAKE):
+            free = next((s for s in range(len(self.busy)) if s not in self.held), None)
+            if free is None:
+                return
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("cannot accept an http connection: %s", exc)
+                return
+            try:
+                self.admit(conn)
+            except OSError:
+                conn.close()
+                continue
+            self.busy[free] = 0
+            self.held[free] = conn
+            self.unsent.append(free)
+
+    def _send_unsent(self) -> None:
+        while self.unsent and self.chan is not None:
+            slot = self.unsent[0]
+            if slot in self.held and not _send_fd(self.chan, slot, self.held[slot].fileno()):
+                return
+            self.unsent.pop(0)
+
+    def _read_releases(self) -> None:
+        assert self.chan is not None
+        while True:
+            try:
+                data = self.chan.recv(_SLOT.size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if len(data) != _SLOT.size:
+                return  # EOF: the worker is gone; reap() says so
+            self._drop(_SLOT.unpack(data)[0], shutdown=False)
+
+    def _drop(self, slot: int, shutdown: bool) -> None:
+        copy = self.held.pop(slot, None)
+        self.busy[slot] = 0
+        if copy is None:
+            return
+        if shutdown:
+            try:
+                copy.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        copy.close()
+
+
+class KeptServer(StreamServer):
+    """In the worker: serve the connections the supervisor hands over, kept alive."""
+
+    def __init__(self, chan: socket.socket, busy: mmap.mmap, framing: Framing) -> None:
+        self.busy = busy
+        super().__init__(chan, framing)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                data, ancdata, _, _ = self.sock.recvmsg(_SLOT.size, socket.CMSG_SPACE(array.array("i").itemsize))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            fds = [fd for level, kind, cdata in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for fd in array.array("i", cdata)]
+            if len(data) != _SLOT.size or len(fds) != 1:
+                for fd in fds:
+                    socket.socket(fileno=fd).close()
+                if not data:  # the supervisor is gone
+                    self.loop.remove_reader(self.sock.fileno())
+                return
+            conn = socket.socket(fileno=fds[0])
+            conn.setblocking(False)
+            connection = _KeptConnection(self, conn, _SLOT.unpack(data)[0])
+            self.connections.add(connection)
+            connection.readable()
+
+    def close(self) -> None:
+        """Stop; the connections stay open in the supervisor for the next worker."""
+        self.closed = True
+        if self.sock.fileno() >= 0:
+            self.loop.remove_reader(self.sock.fileno())
+        for connection in list(self.connections):
+            assert isinstance(connection, _KeptConnection)
+            connection.leave()
+
+
+class _KeptConnection(_Connection):
+    server: KeptServer
+
+    def __init__(self, server: KeptServer, sock: socket.socket, slot: int) -> None:
+        super().__init__(server, sock)
+        self.slot = slot
+
+    def readable(self) -> None:
+        self.server.busy[self.slot] = 1  # before the read: a request this worker takes is marked
+        super().readable()
+        if not self.busy and not self.buf and self.fd >= 0:
+            self.server.busy[self.slot] = 0  # nothing taken (a spurious wake-up)
+
+    def idle(self) -> None:
+        if not self.buf:
+            self.server.busy[self.slot] = 0
+
+    def close(self) -> None:
+        """Done with it: shut it down (the supervisor's copy would keep it open) and tell the supervisor."""
+        if self.fd < 0:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        super().close()
+        try:
+            self.server.sock.send(_SLOT.pack(self.slot))
+        except OSError:
+            pass  # the supervisor is gone; nothing to keep
+
+    def leave(self) -> None:
+        """The worker is stopping: close this copy only (a request taken stays marked)."""
+        super().close()
