@@ -109,12 +109,15 @@ class FloorServer:
     """The least an http hook can cost: a server that answers every POST at once with `{}`.
 
     Each response goes out in one send on a TCP_NODELAY socket (headers and body apart
-    would meet Nagle and delayed ACK: +40 ms); connections are kept alive.
+    would meet Nagle and delayed ACK: +40 ms); connections are kept alive, or with
+    keep_alive=False closed after each answer, as the daemon does (see http_transport).
     """
 
-    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
-
-    def __init__(self):
+    def __init__(self, keep_alive=True):
+        self.keep_alive = keep_alive
+        self.response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: %s\r\n\r\n{}" % (
+            b"keep-alive" if keep_alive else b"close"
+        )
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.requests = 0
@@ -151,7 +154,9 @@ class FloorServer:
                     buf += chunk
                 buf = buf[length:]
                 self.requests += 1
-                conn.sendall(self.RESPONSE)
+                conn.sendall(self.response)
+                if not self.keep_alive:
+                    return
 
     def close(self):
         self.sock.close()

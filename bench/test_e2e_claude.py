@@ -13,7 +13,8 @@ hooks those two calls execute, harmlessly, in a few ms).
 Configurations: none (hooks removed); the floors, what Claude Code itself costs per call
 before any hook does work: floor-command (one `true` command hook per event) and
 floor-http (one http hook per event, answered at once by a minimal server: one send,
-TCP_NODELAY, keep-alive); native as shipped (`python3` is whatever the
+TCP_NODELAY, keep-alive); floor-http-close (the same server closing each connection after
+its answer, as the daemon does: what a connection per event costs Claude Code); native as shipped (`python3` is whatever the
 harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); uv-native and uv-consolidate (every script
@@ -70,7 +71,7 @@ GENERATED = ("src/gen_a.py", "src/gen_b.py")
 ONLY = frozenset(filter(None, os.environ.get("HOOKOPT_E2E_ONLY", "").split(",")))
 ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
 FLOORS = ("floor-command", "floor-http")
-UNHOOKED = ("none", *FLOORS)
+UNHOOKED = ("none", *FLOORS, "floor-http-close")
 # hookopt's own cost, with hooks that do nothing: http-true serves the floor's stack (one
 # `true` per event), http-noop the example's stack with every script reduced to reading stdin.
 TRIVIAL = ("http-true", "http-noop")
@@ -232,9 +233,12 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
     configs = [Config("none", copy("none")), Config("floor-command", copy("floor-command")), Config("floor-http", copy("floor-http"))]
     configs.append(Config("native", copy("native")))
     edit_settings(configs[0].project, lambda s: s.pop("hooks"))
-    floor_server = FloorServer()
+    floor_server, closing_server = FloorServer(), FloorServer(keep_alive=False)
     edit_settings(configs[1].project, floor_hooks({"type": "command", "command": "true"}))
     edit_settings(configs[2].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{floor_server.port}/hook", "timeout": 30}))
+    if wanted("floor-http-close"):
+        configs.append(Config("floor-http-close", copy("floor-http-close")))
+        edit_settings(configs[-1].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{closing_server.port}/hook", "timeout": 30}))
     if not wanted("native-shim"):
         pass
     elif "shim" in probes:
@@ -302,6 +306,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         assert floor_server.requests >= 2 * (N_CALLS - 1) * (ROUNDS if not benchmark.disabled else 1), floor_server.requests
     finally:
         floor_server.close()
+        closing_server.close()
         for config in configs:
             if config.installed:
                 Runtime(runtime_root, config.project).stop()
@@ -348,7 +353,7 @@ def report(benchmark, configs, interpreters, notes):
     for name, (session_ms, loop_ms, elapsed) in added.items():
         ratio = native / loop_ms if name not in CHECKLESS and loop_ms > 0 else None
         shim_ratio = shim / loop_ms if shim is not None and name not in CHECKLESS and loop_ms > 0 else None
-        floor = None if name in UNHOOKED else "floor-http" if name.startswith("http") or name.endswith("-http") else "floor-command"
+        floor = None if name in ("none", *FLOORS) else "floor-http" if "http" in name else "floor-command"
         above = None if floor is None else loop_ms - added[floor][1]
         if above is not None:
             info[f"{name}_above_{floor.replace('-', '_')}_ms_per_call"] = round(above, 2)

@@ -307,10 +307,10 @@ class _KeepAliveThenClose:
 
 @pytest.mark.claude
 def test_claude_code_lets_a_call_through_when_a_kept_alive_hook_connection_closes_under_it(claude_session: Session, tmp_path: Path) -> None:
-    """Why the daemon never keeps an http connection alive: Claude Code reuses a kept-alive
-    connection and does not retry a request the server closed without an answer, so a worker
-    dying with idle connections would let guarded calls through. Connection: close costs a
-    connection per event instead."""
+    """Why the supervisor holds the daemon's kept-alive http connections (kept_connections.py):
+    Claude Code reuses a kept-alive connection and does not retry a request the server closed
+    without an answer, so a worker dying with idle connections of its own would let guarded
+    calls through."""
     server = _KeepAliveThenClose()
     project = tmp_path / "keepalive"
     (project / ".claude").mkdir(parents=True)
