@@ -5,8 +5,9 @@
 The example project (examples/project) installed with --transport http and served by a
 real daemon, against the floor of the real-CLI benchmark (bench/test_e2e_claude.py): a
 server that answers every POST at once with `{}`. Each request goes the way Claude Code
-sends it to the daemon: a fresh connection, one POST with the event and the token
-header; both sides are asked alike, alternated, each from idle (SETTLE_S apart). Two
+sends it to the daemon: one POST with the event and the token header, on a connection
+kept alive (one per side); both sides are asked alike, alternated, each from idle
+(SETTLE_S apart). Two
 events: one no hook matches (what the transport and the daemon cost around the hooks)
 and a PreToolUse Bash (the example's two guards, run warm). The answers are checked: `{}`
 for the first, the guards' decision for the second.
@@ -27,25 +28,34 @@ EXAMPLE = ROOT / "examples" / "project"
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
 
 
-def post(port, path, token, body):
-    """One POST on a fresh connection: (seconds to the whole answer, status line, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class Connection:
+    """A kept-alive connection, as Claude Code keeps one per hook server."""
+
+    def __init__(self, port, path, token):
+        self.path, self.token = path, token
+        self.conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.stream = self.conn.makefile("rb")
+
+    def post(self, body):
+        """One POST: (seconds to the whole answer, status line, body)."""
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Hookopt-Token: {token}\r\n\r\n"
+            f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Hookopt-Token: {self.token}\r\n\r\n"
         )
         start = time.perf_counter()
-        conn.sendall(head.encode() + body)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += conn.recv(65536)
-        status, _, rest = buf.partition(b"\r\n")
-        headers, _, answer = rest.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in headers.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        while len(answer) < length:
-            answer += conn.recv(65536)
-        return time.perf_counter() - start, status, answer
+        self.conn.sendall(head.encode() + body)
+        status = self.stream.readline().rstrip()
+        headers = list(iter(self.stream.readline, b"\r\n"))
+        length = next(int(line.split(b":")[1]) for line in headers if line.lower().startswith(b"content-length:"))
+        answer = self.stream.read(length)
+        elapsed = time.perf_counter() - start
+        assert any(line.lower().startswith(b"connection: keep-alive") for line in headers), headers
+        return elapsed, status, answer
+
+    def close(self):
+        self.stream.close()
+        self.conn.close()
 
 
 def test_http_transport_vs_floor(benchmark, daemon):
@@ -65,10 +75,10 @@ def test_http_transport_vs_floor(benchmark, daemon):
     rounds = sized(benchmark, 3, 80)
     times = {(case, side): [] for case in cases for side in ("daemon", "floor")}
 
+    connections = {"daemon": Connection(endpoint["port"], "/hook/stack", endpoint["token"]), "floor": Connection(floor.port, "/hook", "")}
+
     def ask(side, body):
-        if side == "daemon":
-            return post(endpoint["port"], "/hook/stack", endpoint["token"], body)
-        return post(floor.port, "/hook", "", body)
+        return connections[side].post(body)
 
     def measure():
         for case, bodies in cases.items():
@@ -91,6 +101,8 @@ def test_http_transport_vs_floor(benchmark, daemon):
     try:
         benchmark.pedantic(measure, rounds=1, iterations=1)
     finally:
+        for connection in connections.values():
+            connection.close()
         floor.close()
     for case in cases:
         d, f = (statistics.median(times[(case, side)]) * 1e3 for side in ("daemon", "floor"))

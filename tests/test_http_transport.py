@@ -8,8 +8,8 @@ import signal
 import socket
 import subprocess
 
-from modules.optimization.protocol import MAX_EVENT_BYTES
 from modules.optimization.installer import install
+from modules.optimization.protocol import MAX_EVENT_BYTES
 from tests.daemon_helpers import decision, http_post, pre_event, project_with_hook, state, wait_for
 
 

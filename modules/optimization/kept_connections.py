@@ -26,6 +26,7 @@ import logging
 import mmap
 import socket
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -36,6 +37,7 @@ __all__ = ["Keeper", "KeptServer"]
 log = logging.getLogger("hookopt.daemon")
 
 SLOTS: Final = 1024  # connections kept at once; more wait in the listen backlog for a free slot
+_ACCEPT_RETRY_S: Final = 1.0  # after a failed accept (out of fds, say): the listener stays readable
 _SLOT: Final = struct.Struct("=I")
 _ACCEPTS_PER_WAKE: Final = 64
 
@@ -60,6 +62,7 @@ class Keeper:
         self.unsent: list[int] = []  # kept, not yet handed to the current worker
         self.chan: socket.socket | None = None  # the supervisor's end of the current worker's channel
         self.worker_chan: socket.socket | None = None  # the worker's end, inherited through fork
+        self.paused_until = 0.0
 
     # -- around a worker's life (Supervisor calls these) ------------------------------
 
@@ -107,7 +110,7 @@ class Keeper:
         """What the supervisor's wait should watch."""
         if self.chan is None:
             return []
-        room = len(self.held) < len(self.busy)
+        room = len(self.held) < len(self.busy) and time.monotonic() >= self.paused_until
         return [self.chan.fileno(), *([self.listener.fileno()] if room else [])]
 
     def ready(self, fds: Sequence[int]) -> None:
@@ -129,7 +132,8 @@ class Keeper:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("cannot accept an http connection: %s", exc)
+                log.warning("cannot accept an http connection, pausing %.0f s: %s", _ACCEPT_RETRY_S, exc)
+                self.paused_until = time.monotonic() + _ACCEPT_RETRY_S
                 return
             try:
                 self.admit(conn)
@@ -188,18 +192,29 @@ class KeptServer(StreamServer):
                 return
             except OSError:
                 return
+            if not data:  # the supervisor is gone
+                self.loop.remove_reader(self.sock.fileno())
+                return
             fds = [fd for level, kind, cdata in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for fd in array.array("i", cdata)]
-            if len(data) != _SLOT.size or len(fds) != 1:
+            if len(data) != _SLOT.size or len(fds) != 1:  # no room for the fd here (out of fds, say)
                 for fd in fds:
                     socket.socket(fileno=fd).close()
-                if not data:  # the supervisor is gone
-                    self.loop.remove_reader(self.sock.fileno())
-                return
+                log.error("an http connection could not be taken over (out of file descriptors?); it is closed")
+                if len(data) == _SLOT.size:
+                    self._give_back(_SLOT.unpack(data)[0])
+                continue
             conn = socket.socket(fileno=fds[0])
             conn.setblocking(False)
             connection = _KeptConnection(self, conn, _SLOT.unpack(data)[0])
             self.connections.add(connection)
             connection.readable()
+
+    def _give_back(self, slot: int) -> None:
+        """Done with slot's connection: the supervisor closes its copy (and so the connection)."""
+        try:
+            self.sock.send(_SLOT.pack(slot))
+        except OSError:
+            pass  # the supervisor is gone; nothing to keep
 
     def close(self) -> None:
         """Stop; the connections stay open in the supervisor for the next worker."""
@@ -237,10 +252,7 @@ class _KeptConnection(_Connection):
         except OSError:
             pass
         super().close()
-        try:
-            self.server.sock.send(_SLOT.pack(self.slot))
-        except OSError:
-            pass  # the supervisor is gone; nothing to keep
+        self.server._give_back(self.slot)
 
     def leave(self) -> None:
         """The worker is stopping: close this copy only (a request taken stays marked)."""
