@@ -67,6 +67,25 @@ def test_a_crashed_worker_is_replaced_at_once_and_told_how_its_predecessor_died(
     assert not (tmp_path / "worker2.json").exists()
 
 
+def test_the_loop_waits_on_fds_past_select_s_limit(tmp_path, supervise):
+    """A supervisor holding many kept http connections gets pipe fds above 1024 (FD_SETSIZE)."""
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+
+        def worker(ctx):
+            ctx.beat()
+            if ctx.restarts == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return 0
+
+        sup = supervise(worker, Policy(min_uptime_s=0))
+        drive(sup, lambda: sup.exit_code is not None)
+        assert sup.exit_code == 0 and sup.restarts == 1 and sup._wake_r > 1024
+    finally:
+        for fd in fillers:
+            os.close(fd)
+
+
 @pytest.mark.parametrize("code", [3, 4])
 def test_a_boot_failure_exit_code_is_final_never_respawned(tmp_path, supervise, code):
     def worker(ctx):

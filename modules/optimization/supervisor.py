@@ -298,8 +298,11 @@ class Supervisor:
         timeout = max_wait_s
         if self.pid is None and not self._stopping:
             timeout = max(0.0, min(timeout, self._respawn_at - self.clock()))
+        poller = select.poll()  # not select(): a kept connection may push a new fd past FD_SETSIZE
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
         try:
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = [fd for fd, _ in poller.poll(timeout * 1000)]
         except InterruptedError:
             return
         except OSError as exc:
