@@ -5,9 +5,9 @@ the event as JSON and the per-project token header (served by stream_server.Stre
 each response is written in one send with TCP_NODELAY (split sends meet Nagle plus
 delayed ACK: ~40 ms per event). Under the supervisor, connections are kept alive and
 outlive the worker (kept_connections.py); a daemon served without one (tests) answers
-one request per connection. A request that cannot be framed (no end of head within 64 KiB, a Content-Length that is
-not a number, EOF mid-body) closes the connection without a reply; an oversized one gets
-413 and a close.
+one request per connection. A request that cannot be framed (no end of head within 64
+KiB, a Content-Length that is not a number, EOF mid-body) closes the connection without
+a reply; an oversized one gets 413 and a close.
 An http request carries no environment: hooks behind it run in the daemon's.
 """
 

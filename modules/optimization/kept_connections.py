@@ -3,9 +3,10 @@
 Claude Code keeps an http hook's connection alive and sends its next request on it; when
 the server closes that connection under the request, it does not retry, it lets the tool
 call through (tests/test_claude_harness.py). A connection per event avoids that, at
-1.7-6.5 ms of Claude Code's time per tool call in three runs (bench/test_e2e_claude.py,
-floor-http-close against floor-http). Kept alive by the worker alone, a worker that dies would close every
-idle connection, and a request already on its way would meet the close.
++ 1.0 to + 6.5 ms of Claude Code's time per tool call in four runs
+(bench/test_e2e_claude.py, floor-http-close against floor-http). Kept alive by the
+worker alone, a worker that dies would close every idle connection, and a request
+already on its way would meet the close.
 
 So the supervisor accepts the connections (``Keeper``), keeps a copy of each and hands
 each to the worker over a SOCK_SEQPACKET channel with the fd attached. The worker serves
