@@ -25,6 +25,7 @@ __all__ = ["SH", "spawn"]
 SH: Final = "/bin/sh"
 # coreutils' nice: it sets the niceness, then execs sh, so the command starts at it (same pid).
 NICE: Final = shutil.which("nice", path="/usr/bin:/bin")
+_REAP_AFTER_KILL_S: Final = 5.0
 
 
 # -- pipes -----------------------------------------------------------------------------
@@ -167,7 +168,12 @@ async def spawn(
 
     async def kill() -> None:
         if proc.returncode is None:
-            _killpg(proc.pid)  # reaped when proc is collected (Popen polls then, or at the next Popen)
+            _killpg(proc.pid)
+            try:  # reaped now; one that will not die in time is left to subprocess's own clean-up
+                async with asyncio.timeout(_REAP_AFTER_KILL_S):
+                    await _exit_code(proc)
+            except TimeoutError:
+                pass
 
     return await _collect(stdin, ours, _exit_code(proc), kill, timeout_s)
 
