@@ -169,3 +169,23 @@ def test_a_request_the_dead_worker_had_taken_closes_its_connection_at_once(rt, m
         idle.sendall(_request(endpoint, json.dumps(pre_event(rt.project, "rm -rf /")).encode()))
         status, headers, payload = _response(idle_stream)
         assert status == 200 and b'"deny"' in payload and rt.status()["pid"] != worker
+
+
+def test_the_supervisor_drops_its_copy_of_every_connection_that_ends(rt):
+    """No fd kept for a connection its client closed, or the daemon refused (a leak would end
+    in connections waiting for a free slot)."""
+    rt.start()
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    supervisor = rt.supervisors()[0]
+
+    def fds():
+        return len(os.listdir(f"/proc/{supervisor}/fd"))
+
+    before = fds()
+    body = json.dumps(pre_event(rt.project, "ls")).encode()
+    for i in range(60):
+        with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn, conn.makefile("rb") as stream:
+            bad = i % 3 == 0  # a wrong token: 403, and the daemon closes it
+            conn.sendall(_request({"token": "nope"} if bad else endpoint, body))
+            assert _response(stream)[0] == (403 if bad else 200)
+    wait_for(lambda: fds() == before, what=f"the supervisor's fds back to {before} (now {fds()})")
