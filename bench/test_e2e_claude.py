@@ -14,8 +14,8 @@ Configurations: none (hooks removed); the floors, what Claude Code itself costs 
 before any hook does work: floor-command (one `true` command hook per event) and
 floor-http (one http hook per event, answered at once by a minimal server: one send,
 TCP_NODELAY, keep-alive); floor-http-close (the same server closing each connection after
-its answer, as the daemon does: what a connection per event costs Claude Code); native as shipped (`python3` is whatever the
-harness PATH gives: it puts the test interpreter first); native-shim and native-abs
+its answer: what a connection per event costs Claude Code); native as shipped (`python3`
+is whatever the harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); uv-native and uv-consolidate (every script
 given PEP 723 inline metadata and run with `uv run --script`, natively, consolidated

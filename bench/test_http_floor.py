@@ -7,10 +7,9 @@ real daemon, against the floor of the real-CLI benchmark (bench/test_e2e_claude.
 server that answers every POST at once with `{}`. Each request goes the way Claude Code
 sends it to the daemon: one POST with the event and the token header, on a connection
 kept alive (one per side); both sides are asked alike, alternated, each from idle
-(SETTLE_S apart). Two
-events: one no hook matches (what the transport and the daemon cost around the hooks)
-and a PreToolUse Bash (the example's two guards, run warm). The answers are checked: `{}`
-for the first, the guards' decision for the second.
+(SETTLE_S apart). Two events: one no hook matches (what the transport and the daemon
+cost around the hooks) and a PreToolUse Bash (the example's two guards, run warm). The
+answers are checked: `{}` for the first, the guards' decision for the second.
 """
 
 import json
