@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,15 @@ async def spare_waiting(server: ForkServer) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("no spare was forked")
+
+
+def exits_soon(pid: int) -> bool:
+    """Whether pid exits within WAIT seconds (waits on a pidfd: an event, not a sleep)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], WAIT)[0])
+    finally:
+        os.close(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from modules.optimization.legacy_runner import LegacyRunner
 from modules.optimization.manifest import STUB_MARKER
 from modules.optimization.protocol import HookResult
 from tests import legacy_helpers
-from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, WAIT, H, _env, _event, _native, installed_tool, spare_waiting
+from tests.legacy_helpers import EVENT, HOOKS, NEEDS_SH, PYENV_PY, SYSTEM_PY, H, _env, _event, _native, exits_soon, installed_tool, spare_waiting
 
 pytestmark = NEEDS_SH
 loop, runner, project = legacy_helpers.loop, legacy_helpers.runner, legacy_helpers.project  # the shared fixtures
@@ -206,18 +205,6 @@ def test_stub_runs_its_original_under_the_stub_path(python: str, runner: LegacyR
     assert b"    raise ValueError(sys.stdin.read()[:20])" in got.stderr
 
 
-def _wait_gone(pid: int) -> bool:
-    """Whether pid exits within WAIT seconds (waits on a pidfd: an event, not a sleep)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], WAIT)[0])
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "spawned"])
 def test_timeout_kills_the_hook_and_its_children(warm: bool, runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:
     command = f"python3 {H}/hang.py" if warm else f"sh -c 'python3 {H}/hang.py; true'"
@@ -225,7 +212,7 @@ def test_timeout_kills_the_hook_and_its_children(warm: bool, runner: LegacyRunne
     result = loop.run_until_complete(runner.run(command, stdin=EVENT, env=_env(project), cwd=str(project), timeout_s=2.0))
     assert result.exit_code is None
     assert result.stdout.startswith(b"started "), result
-    assert _wait_gone(int(result.stdout.split()[1]))  # the grandchild `sleep 1000` went with it
+    assert exits_soon(int(result.stdout.split()[1]))  # the grandchild `sleep 1000` went with it
 
 
 def test_concurrent_warm_runs(runner: LegacyRunner, loop: asyncio.AbstractEventLoop, project: Path) -> None:

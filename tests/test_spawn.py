@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from modules.optimization.spawn import spawn
 from modules.optimization.wire import LEGACY_ENV
-from tests.legacy_helpers import NEEDS_SH
+from tests.legacy_helpers import NEEDS_SH, exits_soon
 
 pytestmark = NEEDS_SH
 
@@ -43,19 +42,8 @@ def test_a_timed_out_command_is_killed_with_its_group_and_reaped() -> None:
     with pytest.raises(ChildProcessError):  # sh is ours and already reaped: no zombie left
         os.waitpid(sh, os.WNOHANG)
     assert not Path(f"/proc/{sh}").exists()
-    assert _exits_soon(sleeper)  # its group was killed too (it is init's to reap)
+    assert exits_soon(sleeper)  # its group was killed too (it is init's to reap)
 
-
-def _exits_soon(pid: int) -> bool:
-    """Whether pid exits within 10 s (a pidfd turns readable when it does: an event, not a sleep)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], 10)[0])
-    finally:
-        os.close(fd)
 
 
 def test_no_thread_is_left_or_started_per_run() -> None:
