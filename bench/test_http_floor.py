@@ -45,7 +45,10 @@ class Connection:
         start = time.perf_counter()
         self.conn.sendall(head.encode() + body)
         status = self.stream.readline().rstrip()
-        headers = list(iter(self.stream.readline, b"\r\n"))
+        headers = []
+        while (line := self.stream.readline()) not in (b"\r\n", b""):
+            headers.append(line)
+        assert line, ("the connection closed before a whole response", status, headers)
         length = next(int(line.split(b":")[1]) for line in headers if line.lower().startswith(b"content-length:"))
         answer = self.stream.read(length)
         elapsed = time.perf_counter() - start

@@ -292,8 +292,10 @@ class _KeepAliveThenClose:
     def _serve(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as stream:
             for served in itertools.count():
-                head = [line.strip().lower() for line in iter(stream.readline, b"\r\n")]
-                if not head or not head[0]:
+                head = []
+                while (line := stream.readline()) not in (b"\r\n", b""):
+                    head.append(line.strip().lower())
+                if not line:  # Claude Code closed it
                     return
                 length = next((int(h.split(b":", 1)[1]) for h in head if h.startswith(b"content-length:")), 0)
                 event = json.loads(stream.read(length))["hook_event_name"]

@@ -101,7 +101,10 @@ def test_http_transport_answers_with_the_token_only(rt):
 
 def _response(stream):
     """(status, headers, body) of the next response on a buffered stream (responses may come together)."""
-    lines = [line.decode("latin-1").rstrip("\r\n") for line in iter(stream.readline, b"\r\n")]
+    lines = []
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        lines.append(line.decode("latin-1").rstrip("\r\n"))
+    assert lines and line, "the connection closed before a whole response"
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, stream.read(int(headers["content-length"]))
 
@@ -189,3 +192,19 @@ def test_the_supervisor_drops_its_copy_of_every_connection_that_ends(rt):
             conn.sendall(_request({"token": "nope"} if bad else endpoint, body))
             assert _response(stream)[0] == (403 if bad else 200)
     wait_for(lambda: fds() == before, what=f"the supervisor's fds back to {before} (now {fds()})")
+
+
+def test_a_worker_replaced_on_sighup_leaves_its_idle_connections_to_the_next(rt):
+    """A worker that stops on purpose closes only its copies: no connection ends under Claude Code."""
+    rt.start()
+    endpoint = json.loads((rt.project / ".claude/hookopt/http.json").read_text())
+    request = _request(endpoint, json.dumps(pre_event(rt.project, "rm -rf /")).encode())
+    with socket.create_connection(("127.0.0.1", endpoint["port"]), timeout=10) as conn, conn.makefile("rb") as stream:
+        conn.sendall(request)
+        assert b'"deny"' in _response(stream)[2]
+        worker = rt.status()["pid"]
+        os.kill(rt.supervisors()[0], signal.SIGHUP)
+        wait_for(lambda: (s := rt.status()) and s["pid"] != worker, what="the replacement worker")
+        conn.sendall(request)
+        status, headers, payload = _response(stream)
+        assert status == 200 and headers["connection"] == "keep-alive" and b'"deny"' in payload

@@ -46,13 +46,18 @@ def test_a_timed_out_command_is_killed_with_its_group_and_reaped() -> None:
 
 
 
-def test_no_thread_is_left_or_started_per_run() -> None:
+def test_no_thread_is_left_or_started_per_run(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+
     async def many() -> list[int]:
         seen = []
         for _ in range(20):
-            task = asyncio.ensure_future(spawn("sleep 0.05", stdin=b"", env=ENV, cwd="/"))
-            await asyncio.sleep(0.02)  # while it runs
+            task = asyncio.ensure_future(spawn(f"cat {gate}", stdin=b"", env=ENV, cwd="/"))
+            for _ in range(3):
+                await asyncio.sleep(0)  # started: it waits on the gate until we open it
             seen.append(threading.active_count())
+            os.close(os.open(gate, os.O_WRONLY))  # opened once cat has it open: then it sees EOF
             assert (await task).exit_code == 0
         return seen
 

@@ -53,16 +53,12 @@ def serve_http(daemon: Answers, sock: socket.socket, kept: Keeper | None = None)
     supervisor's keeper hands over (kept alive), else on the listening socket sock."""
     if kept is not None and kept.worker_chan is not None:
         return KeptServer(kept.worker_chan, kept.busy, _Requests(daemon, keep_alive=True))
-    return StreamServer(sock, _Requests(daemon), admit=_no_delay)
+    return StreamServer(sock, _Requests(daemon), admit=no_delay)
 
 
-def no_delay(conn: socket.socket) -> None:
-    """Replies go out in one send each: no waiting for an ACK (Nagle)."""
+def no_delay(conn: socket.socket) -> bool:
+    """Admit the peer with replies going out in one send each: no waiting for an ACK (Nagle)."""
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _no_delay(conn: socket.socket) -> bool:
-    no_delay(conn)
     return True
 
 

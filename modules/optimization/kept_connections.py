@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from .spawn import _received_fds
 from .stream_server import Framing, StreamServer, _Connection
 
 __all__ = ["Keeper", "KeptServer"]
@@ -54,9 +55,9 @@ def _send_fd(chan: socket.socket, slot: int, fd: int) -> bool:
 class Keeper:
     """In the supervisor: accept on the http listener, keep each connection, hand it to the worker."""
 
-    def __init__(self, listener: socket.socket, admit: Callable[[socket.socket], None], slots: int = SLOTS) -> None:
+    def __init__(self, listener: socket.socket, admit: Callable[[socket.socket], bool], slots: int = SLOTS) -> None:
         self.listener = listener
-        self.admit = admit  # socket options, set once for both copies
+        self.admit = admit  # may refuse a peer, or set socket options (once, for both copies)
         listener.setblocking(False)
         self.busy = mmap.mmap(-1, slots)  # shared with the workers: 1 while one answers that slot's request
         self.held: dict[int, socket.socket] = {}  # slot -> the supervisor's copy
@@ -72,14 +73,13 @@ class Keeper:
         self.chan, self.worker_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.chan.setblocking(False)
 
-    def in_worker(self) -> socket.socket:
-        """In the new worker: drop what is the supervisor's, return the worker's channel."""
-        assert self.chan is not None and self.worker_chan is not None
+    def in_worker(self) -> None:
+        """In the new worker: drop what is the supervisor's (worker_chan is the worker's)."""
+        assert self.chan is not None
         self.chan.close()
         for copy in self.held.values():
             copy.close()  # else a connection the worker closes would stay open through this copy
         self.held.clear()
-        return self.worker_chan
 
     def worker_started(self) -> None:
         """In the supervisor after the fork: hand the new worker every kept connection."""
@@ -137,8 +137,10 @@ class Keeper:
                 self.paused_until = time.monotonic() + _ACCEPT_RETRY_S
                 return
             try:
-                self.admit(conn)
+                admitted = self.admit(conn)
             except OSError:
+                admitted = False
+            if not admitted:
                 conn.close()
                 continue
             self.busy[free] = 0
@@ -196,7 +198,7 @@ class KeptServer(StreamServer):
             if not data:  # the supervisor is gone
                 self.loop.remove_reader(self.sock.fileno())
                 return
-            fds = [fd for level, kind, cdata in ancdata if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for fd in array.array("i", cdata)]
+            fds = _received_fds(ancdata)
             if len(data) != _SLOT.size or len(fds) != 1:  # no room for the fd here (out of fds, say)
                 for fd in fds:
                     socket.socket(fileno=fd).close()
@@ -217,14 +219,6 @@ class KeptServer(StreamServer):
         except OSError:
             pass  # the supervisor is gone; nothing to keep
 
-    def close(self) -> None:
-        """Stop; the connections stay open in the supervisor for the next worker."""
-        self.closed = True
-        if self.sock.fileno() >= 0:
-            self.loop.remove_reader(self.sock.fileno())
-        for connection in list(self.connections):
-            assert isinstance(connection, _KeptConnection)
-            connection.leave()
 
 
 class _KeptConnection(_Connection):
@@ -245,8 +239,11 @@ class _KeptConnection(_Connection):
             self.server.busy[self.slot] = 0
 
     def close(self) -> None:
-        """Done with it: shut it down (the supervisor's copy would keep it open) and tell the supervisor."""
-        if self.fd < 0:
+        """Done with it: shut it down (the supervisor's copy would keep it open) and tell the
+        supervisor. When the worker stops (the server closed), only this copy closes: the
+        supervisor keeps the connection for the next worker (a request taken stays marked)."""
+        if self.fd < 0 or self.server.closed:
+            super().close()
             return
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -254,7 +251,3 @@ class _KeptConnection(_Connection):
             pass
         super().close()
         self.server._give_back(self.slot)
-
-    def leave(self) -> None:
-        """The worker is stopping: close this copy only (a request taken stays marked)."""
-        super().close()
