@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from .spawn import _received_fds
-from .stream_server import Framing, StreamServer, _Connection
+from .stream_server import Framing, StreamServer, _Connection, admitted
 
 __all__ = ["Keeper", "KeptServer"]
 
@@ -136,12 +136,7 @@ class Keeper:
                 log.warning("cannot accept an http connection, pausing %.0f s: %s", _ACCEPT_RETRY_S, exc)
                 self.paused_until = time.monotonic() + _ACCEPT_RETRY_S
                 return
-            try:
-                admitted = self.admit(conn)
-            except OSError:
-                admitted = False
-            if not admitted:
-                conn.close()
+            if not admitted(self.admit, conn):
                 continue
             self.busy[free] = 0
             self.held[free] = conn

@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol
 
 from .protocol import ProtocolError
 
-__all__ = ["UNFRAMED", "Framing", "StreamServer"]
+__all__ = ["UNFRAMED", "Framing", "StreamServer", "admitted"]
 
 log = logging.getLogger("hookopt.daemon")
 
@@ -39,6 +39,17 @@ class Framing(Protocol):
     def answer(self, request: bytes) -> Coroutine[Any, Any, tuple[bytes, bool]]:
         """The reply to one request, and whether to close the connection after it.
         Raising ProtocolError (or ConnectionError) closes it without a reply."""
+
+
+def admitted(admit: Callable[[socket.socket], bool], conn: socket.socket) -> bool:
+    """Whether admit lets conn's peer in (set its options); a refused one is closed."""
+    try:
+        ok = admit(conn)
+    except OSError:
+        ok = False
+    if not ok:
+        conn.close()
+    return ok
 
 
 class StreamServer:
@@ -79,12 +90,7 @@ class StreamServer:
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.call_later(_ACCEPT_RETRY_S, self._resume)
                 return
-            try:
-                admitted = self.admit(conn)
-            except OSError:
-                admitted = False
-            if not admitted:
-                conn.close()
+            if not admitted(self.admit, conn):
                 continue
             conn.setblocking(False)
             connection = _Connection(self, conn)
