@@ -111,13 +111,13 @@ class FloorServer:
     Each response goes out in one send on a TCP_NODELAY socket (headers and body apart
     would meet Nagle and delayed ACK: +40 ms); connections are kept alive, or with
     keep_alive=False closed after each answer, as the daemon does (see http_transport).
+    answer: instead of `{}`, the (status, body) a function of the request body gives.
     """
 
-    def __init__(self, keep_alive=True):
+    def __init__(self, keep_alive=True, answer=None):
         self.keep_alive = keep_alive
-        self.response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: %s\r\n\r\n{}" % (
-            b"keep-alive" if keep_alive else b"close"
-        )
+        self.answer = answer
+        self.response = self._response(200, b"{}")
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.requests = 0
@@ -152,11 +152,19 @@ class FloorServer:
                     if not chunk:
                         return
                     buf += chunk
-                buf = buf[length:]
+                body, buf = buf[:length], buf[length:]
                 self.requests += 1
-                conn.sendall(self.response)
+                conn.sendall(self.response if self.answer is None else self._response(*self.answer(body)))
                 if not self.keep_alive:
                     return
+
+    def _response(self, status, body):
+        reason = b"OK" if status == 200 else b"Error"
+        kind = b"application/json" if body.startswith(b"{") else b"text/plain; charset=utf-8"
+        connection = b"keep-alive" if self.keep_alive else b"close"
+        return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s" % (
+            status, reason, kind, len(body), connection, body
+        )
 
     def close(self):
         self.sock.close()

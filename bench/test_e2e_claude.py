@@ -14,7 +14,10 @@ Configurations: none (hooks removed); the floors, what Claude Code itself costs 
 before any hook does work: floor-command (one `true` command hook per event) and
 floor-http (one http hook per event, answered at once by a minimal server: one send,
 TCP_NODELAY, keep-alive); floor-http-close (the same server closing each connection after
-its answer: what a connection per event costs Claude Code); native as shipped (`python3`
+its answer: what a connection per event costs Claude Code); naive-http (the floor's
+server answering each event with the example's own hooks, run by bench/naive_loop.py, the
+naive fork loop of bench/test_warm_path.py: what the hooks cost Claude Code with the
+least runtime around them, the bound for http); native as shipped (`python3`
 is whatever the harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); uv-native and uv-consolidate (every script
@@ -38,6 +41,7 @@ none, the floors and native.
 import json
 import os
 import posix
+import re
 import shutil
 import statistics
 import subprocess
@@ -49,7 +53,10 @@ from pathlib import Path
 import pytest
 
 from bench.conftest import FloorServer
+from bench.naive_loop import NaiveLoop
 from modules.optimization.installer import install
+from modules.optimization.protocol import http_reply, parse_event
+from modules.optimization.stack import combine_selected, select
 from tests.claude_harness import ClaudeInstallError, find_or_install_claude, run_session
 from tests.daemon_helpers import Runtime
 
@@ -72,6 +79,7 @@ ONLY = frozenset(filter(None, os.environ.get("HOOKOPT_E2E_ONLY", "").split(","))
 ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
 FLOORS = ("floor-command", "floor-http")
 UNHOOKED = ("none", *FLOORS, "floor-http-close")
+STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]
 # hookopt's own cost, with hooks that do nothing: http-true serves the floor's stack (one
 # `true` per event), http-noop the example's stack with every script reduced to reading stdin.
 TRIVIAL = ("http-true", "http-noop")
@@ -193,6 +201,21 @@ def probe_interpreters(cli, tmp_path, root, commands):
     return {label: (project / f"{label}.txt").read_text() for label in commands}
 
 
+def naive_answer(loop, project):
+    """The floor server's answer with the example's hooks run by the naive loop, combined and
+    turned into an http reply as the daemon turns its own (protocol.http_reply)."""
+    hooks_dir = project / ".claude" / "hooks"
+
+    def answer(body):
+        event = parse_event(body)
+        selected = select(STACK, event)
+        scripts = [str(hooks_dir / re.search(r"hooks/([\w.-]+\.py)", h.command)[1]) for h in selected]
+        results = loop.run(body.decode(), scripts) if scripts else []
+        return http_reply(event["hook_event_name"], combine_selected(event, selected, results))
+
+    return answer
+
+
 def floor_hooks(hook):
     """Settings with one hook per event (PreToolUse and PostToolUse, every tool)."""
     def change(settings):
@@ -234,11 +257,18 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
     configs.append(Config("native", copy("native")))
     edit_settings(configs[0].project, lambda s: s.pop("hooks"))
     floor_server, closing_server = FloorServer(), FloorServer(keep_alive=False)
+    naive_loop = naive_server = None
     edit_settings(configs[1].project, floor_hooks({"type": "command", "command": "true"}))
     edit_settings(configs[2].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{floor_server.port}/hook", "timeout": 30}))
     if wanted("floor-http-close"):
         configs.append(Config("floor-http-close", copy("floor-http-close")))
         edit_settings(configs[-1].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{closing_server.port}/hook", "timeout": 30}))
+    if wanted("naive-http"):
+        configs.append(Config("naive-http", copy("naive-http")))
+        project = configs[-1].project
+        naive_loop = NaiveLoop({**os.environ, "CLAUDE_PROJECT_DIR": str(project)}, project)
+        naive_server = FloorServer(answer=naive_answer(naive_loop, project))
+        edit_settings(project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{naive_server.port}/hook", "timeout": 30}))
     if not wanted("native-shim"):
         pass
     elif "shim" in probes:
@@ -286,7 +316,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 as_uv_scripts(config.project)
             install(config.project, say=lambda _: None, **options)
         for config in configs:  # daemon start, first fork-server imports and uv's environments are one-offs
-            if config.installed or config.name == "uv-native":
+            if config.installed or config.name in ("uv-native", "naive-http"):
                 session(claude_cli, config, runtime_root)
         rounds = []
 
@@ -307,6 +337,9 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
     finally:
         floor_server.close()
         closing_server.close()
+        if naive_server is not None:
+            naive_server.close()
+            naive_loop.close()
         for config in configs:
             if config.installed:
                 Runtime(runtime_root, config.project).stop()

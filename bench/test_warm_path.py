@@ -17,10 +17,10 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 
 from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized
+from bench.naive_loop import NaiveLoop
 from modules.optimization import client, wire
 from modules.optimization.installer import install
 from modules.optimization.protocol import HookResult, parse_event
@@ -35,56 +35,6 @@ STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
 POST_HOOKS = ("log_tools.py", "sqlite_logger.py", "change_notes.py")  # PostToolUse Edit
 
-# The naive loop: stdin gets one JSON line per event {"event": str, "scripts": [paths]};
-# stdout gets one JSON line back with each hook's [exit, stdout, stderr].
-NAIVE = r'''
-import builtins, json, os, sys
-import re, sqlite3, time, datetime, pathlib  # what the example hooks import
-codes = {}
-def run(path, data):
-    code = codes.get(path)
-    if code is None:
-        with open(path, "rb") as f:  # a consolidated install leaves the scripts as they are
-            code = codes[path] = compile(f.read(), path, "exec")
-    fds = [os.pipe() for _ in range(3)]
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(fds[0][0], 0); os.dup2(fds[1][1], 1); os.dup2(fds[2][1], 2)
-        for r, w in fds:
-            os.close(r); os.close(w)
-        sys.stdin = open(0, "r", closefd=False); sys.stdout = open(1, "w", closefd=False); sys.stderr = open(2, "w", closefd=False)
-        sys.argv = [path]
-        status = 0
-        try:
-            exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": builtins})
-        except SystemExit as e:
-            status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if not isinstance(e.code, (int, type(None))):
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            import traceback; traceback.print_exc(); status = 1
-        sys.stdout.flush(); sys.stderr.flush()
-        os._exit(status)
-    os.close(fds[0][0]); os.close(fds[1][1]); os.close(fds[2][1])
-    os.write(fds[0][1], data); os.close(fds[0][1])
-    return pid, fds[1][0], fds[2][0]
-def drain(fd):
-    out = b""
-    while chunk := os.read(fd, 65536):
-        out += chunk
-    os.close(fd)
-    return out
-for line in sys.stdin:
-    req = json.loads(line)
-    data = req["event"].encode()
-    started = [run(p, data) for p in req["scripts"]]
-    results = []
-    for pid, out, err in started:
-        o, e = drain(out), drain(err)
-        results.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), o.decode(), e.decode()])
-    sys.stdout.write(json.dumps(results) + "\n"); sys.stdout.flush()
-'''
-
 
 def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
     project = daemon.project
@@ -96,10 +46,7 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
     hooks = project / ".claude" / "hooks"
     env = {**daemon.env, "CLAUDE_PROJECT_DIR": str(project)}
     env_bytes = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
-    naive = subprocess.Popen(
-        [os.path.realpath(sys.executable), "-c", NAIVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        env=env, cwd=project, text=True,
-    )  # fmt: skip
+    naive = NaiveLoop(env, project)
     target = project / "src" / "app.py"
     cases = {
         "PreToolUse": [
@@ -128,11 +75,8 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
 
     def ask_naive(event_name, raw, scripts):
         start = time.perf_counter()
-        naive.stdin.write(json.dumps({"event": raw, "scripts": scripts}) + "\n")
-        naive.stdin.flush()
-        line = naive.stdout.readline()
+        results = naive.run(raw, scripts)
         elapsed = time.perf_counter() - start
-        results = [HookResult(code, out.encode(), err.encode()) for code, out, err in json.loads(line)]
         event = parse_event(raw.encode())
         return elapsed, combine_selected(event, select(STACK, event), results)
 
@@ -170,8 +114,7 @@ def test_warm_path_vs_naive_fork_loop(benchmark, daemon):
         if spy is not None:
             spy.send_signal(2)
             spy.wait()
-        naive.stdin.close()
-        naive.wait(timeout=30)
+        naive.close()
     assert (project / ".claude" / "logs" / "tools.db").exists()
     figures = {}
     for event_name in cases:
