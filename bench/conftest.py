@@ -7,6 +7,7 @@ default) each body runs once, on the small sizes chosen through `sized`.
 
 import contextlib
 import json
+import os
 import posix
 import shutil
 import socket
@@ -23,6 +24,31 @@ from tests.daemon_helpers import ROOT, Runtime
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code-2.1.329"
 BENIGN_COMMAND = "git status --short && npm test -- --watch=false 2>&1 | tail -n 20"
 DANGEROUS_COMMAND = "cd build && rm -rf / --no-preserve-root"
+
+
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_ms(pid):
+    """Processor time (user + system) of pid and of its live descendants so far, each with
+    what it has reaped of its own children: the whole cost of a process tree. In clock
+    ticks (10 ms here): compare totals over many events, not single ones."""
+    children, ticks = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile: its time is in its parent's reaped share now
+            fields = stat[stat.rindex(")") + 2 :].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            ticks[int(entry)] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += ticks.get(current, 0)
+        todo += children.get(current, [])
+    return total * _TICK_MS
 
 
 def fixture_event(name, project, **changes):

@@ -31,7 +31,9 @@ hooks that do nothing: http-true (the floor's stack, one `true` per event, serve
 the daemon) and http-noop (the example's stack with every script reduced to reading
 its stdin).
 Each configuration is also reported above its floor (http above floor-http, the
-others above floor-command). HOOKOPT_E2E_ROUNDS overrides the number of rounds;
+others above floor-command), with the processor time each call took: Claude Code's own
+(the CLI, its tools, and the hooks when it spawns them itself) and the hooks runtime's
+outside it (the daemon's process tree, or naive-http's loop), observers' runs included. HOOKOPT_E2E_ROUNDS overrides the number of rounds;
 HOOKOPT_E2E_ONLY (names, comma-separated) keeps only those configurations besides
 none, the floors and native.
 
@@ -42,6 +44,7 @@ import json
 import os
 import posix
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,7 +55,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.conftest import FloorServer
+from bench.conftest import FloorServer, tree_cpu_ms
 from bench.naive_loop import NaiveLoop
 from modules.optimization.installer import install
 from modules.optimization.protocol import http_reply, parse_event
@@ -148,6 +151,8 @@ class Config:
         self.home.mkdir(exist_ok=True)
         self.sessions = []  # (elapsed_s, loop_s) per timed session
         self.daemon = None  # the daemon's own p50 per event and per hook, from its status
+        self.runtime_pid = None  # () -> the pid whose process tree runs the hooks outside Claude Code, if any
+        self.cpu = []  # (Claude Code's, the hooks runtime's) processor ms per call, per timed session
 
 
 def reset(project):
@@ -186,6 +191,19 @@ def session(cli, config, root):
         tools = log.read_text().splitlines()
         assert len(tools) == N_CALLS - len(BLOCKED), (config.name, len(tools))
     return result.elapsed_s, steps[N_CALLS] - steps[0]
+
+
+def timed_session(cli, config, root):
+    """session(), noting the processor time it took: Claude Code's (this process's children
+    reaped meanwhile: the CLI, its tools and any hook it spawned itself) and that of the
+    process tree running the hooks outside it (the daemon's, or the naive loop's)."""
+    pid = config.runtime_pid() if config.runtime_pid else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_ms(pid) if pid else 0.0
+    timings = session(cli, config, root)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_ms(pid) if pid else 0.0
+    cli_ms = (after[0].ru_utime + after[0].ru_stime - before[0].ru_utime - before[0].ru_stime) * 1000
+    config.cpu.append((cli_ms / N_CALLS, (after[1] - before[1]) / N_CALLS))
+    return timings
 
 
 def probe_interpreters(cli, tmp_path, root, commands):
@@ -268,6 +286,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         project = configs[-1].project
         naive_loop = NaiveLoop({**os.environ, "CLAUDE_PROJECT_DIR": str(project)}, project)
         naive_server = FloorServer(answer=naive_answer(naive_loop, project))
+        configs[-1].runtime_pid = lambda: naive_loop.proc.pid
         edit_settings(project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{naive_server.port}/hook", "timeout": 30}))
     if not wanted("native-shim"):
         pass
@@ -306,6 +325,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             if not wanted(name):
                 continue
             config = Config(name, copy(name), installed=True)
+            config.runtime_pid = lambda config=config: Runtime(runtime_root, config.project).pid()
             configs.append(config)
             if name == "http-noop":
                 for hook in (config.project / ".claude" / "hooks").glob("*.py"):
@@ -323,7 +343,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
         def one_round():
             start = len(rounds) % len(configs)
             for config in configs[start:] + configs[:start]:
-                config.sessions.append(session(claude_cli, config, runtime_root))
+                config.sessions.append(timed_session(claude_cli, config, runtime_root))
             rounds.append(1)
 
         benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
@@ -377,9 +397,18 @@ def report(benchmark, configs, interpreters, notes):
             statistics.median(r[1] for r in per_round),
             statistics.median(e for e, _ in config.sessions),
         )
+    # Processor ms per call: Claude Code's own (with its tools and the hooks it spawns itself),
+    # and the hooks runtime's outside it (None: there is none).
+    cpu = {
+        c.name: (statistics.median(x for x, _ in c.cpu), statistics.median(y for _, y in c.cpu) if c.runtime_pid else None)
+        for c in configs
+    }
     native = added["native"][1]
     shim = added.get("native-shim", (None, None))[1]
-    lines = [f"{'config':<15} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'above floor':>12} {'native/this':>12} {'shim/this':>10}"]
+    lines = [
+        f"{'config':<15} {'session s':>9} {'+ms/call':>9} {'+ms/call loop':>14} {'above floor':>12} {'native/this':>12} {'shim/this':>10}"
+        f" {'CLI cpu/call':>13} {'runtime cpu/call':>17}"
+    ]
     info = {"rounds": len(base.sessions), "calls": N_CALLS, "python3_in_harness": interpreters.get("python3")}
     if "shim" in interpreters:
         info["shim_runs"] = interpreters["shim"]
@@ -393,8 +422,12 @@ def report(benchmark, configs, interpreters, notes):
         lines.append(
             f"{name:<15} {elapsed:>9.2f} {session_ms:>9.1f} {loop_ms:>14.1f} {'' if above is None else f'{above:+.1f}':>12} "
             f"{'' if ratio is None else f'{ratio:.1f}x':>12} {'' if shim_ratio is None else f'{shim_ratio:.1f}x':>10}"
+            f" {cpu[name][0]:>13.1f} {'' if cpu[name][1] is None else f'{cpu[name][1]:.1f}':>17}"
         )
         info[f"{name}_session_s"] = round(elapsed, 3)
+        info[f"{name}_cli_cpu_ms_per_call"] = round(cpu[name][0], 2)
+        if cpu[name][1] is not None:
+            info[f"{name}_runtime_cpu_ms_per_call"] = round(cpu[name][1], 2)
         info[f"{name}_added_ms_per_call"] = round(session_ms, 2)
         info[f"{name}_added_ms_per_call_loop"] = round(loop_ms, 2)
         if ratio is not None:
