@@ -225,16 +225,17 @@ def naive_answer(loop, project):
     hooks_dir = project / ".claude" / "hooks"
 
     def answer(body):
-        start = time.thread_time()
+        start, wall = time.thread_time(), time.perf_counter()
         event = parse_event(body)
         selected = select(STACK, event)
         scripts = [str(hooks_dir / re.search(r"hooks/([\w.-]+\.py)", h.command)[1]) for h in selected]
         results = loop.run(body.decode(), scripts) if scripts else []
         reply = http_reply(event["hook_event_name"], combine_selected(event, selected, results))
         answer.cpu_ms += (time.thread_time() - start) * 1000  # this thread's own, the loop's apart
+        answer.wall_ms.setdefault(event["hook_event_name"], []).append((time.perf_counter() - wall) * 1000)
         return reply
 
-    answer.cpu_ms = 0.0
+    answer.cpu_ms, answer.wall_ms = 0.0, {}
     return answer
 
 
@@ -358,6 +359,9 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 served = status and status["legacy"]["spawned_runs" if config.name == "http-true" else "warm_runs"]
                 assert served, (config.name, status)  # Python hooks warm; `true` spawned as sh -c
                 config.daemon = daemon_latency(status)
+        if naive_server is not None:  # its answers' own p50, as the daemon's are reported (warm-up included)
+            p50 = {name: round(statistics.median(ms), 1) for name, ms in sorted(naive_server.answer.wall_ms.items())}
+            notes.append("naive-http server p50 ms (select, the naive loop, combine): " + ", ".join(f"{k} {v}" for k, v in p50.items()))
         assert floor_server.requests >= 2 * (N_CALLS - 1) * (ROUNDS if not benchmark.disabled else 1), floor_server.requests
     finally:
         floor_server.close()
