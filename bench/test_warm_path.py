@@ -9,7 +9,10 @@ us: one process that has imported what the hooks import and, per event, forks on
 hook, exec()s the hook's compiled code as __main__ with the event on stdin, collects
 stdout, stderr and the exit status. It is asked over a pipe, so both sides pay one
 round trip. Both answers are checked against each other (combined as Claude Code
-combines them). Target: daemon p50 <= 1.0x naive, goal 0.5x.
+combines them). Target: daemon p50 <= 1.0x naive, goal 0.5x. Also reported: the
+processor time of each side's whole process tree per event (the daemon's worker, its
+zygotes and their children; the naive loop and its children), which is what the real
+CLI pays for between events.
 """
 
 import json
