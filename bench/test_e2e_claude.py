@@ -451,6 +451,10 @@ def report(benchmark, configs, interpreters, notes):
                 f"{name}: native client {native_above:+.1f} ms per call above the floor, Python client "
                 f"{python_above:+.1f} ({python_above - native_above:+.1f} ms per call for the Python starts)"
             )
+    if "http" in added and "naive-http" in added:  # the same hooks, all synchronous, with the least runtime around them
+        over = added["http"][1] - added["naive-http"][1]
+        info["http_above_naive_http_ms_per_call"] = round(over, 2)
+        notes.append(f"http: {over:+.1f} ms per call against naive-http (the example's hooks run by the naive fork loop)")
     for name in ("uv-consolidate", "uv-consolidate-py", "uv-http"):
         if "uv-native" in added and name in added and added[name][1] > 0:
             uv_ratio = added["uv-native"][1] / added[name][1]
