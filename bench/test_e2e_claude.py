@@ -35,7 +35,10 @@ others above floor-command), with the processor time each call took: Claude Code
 (the CLI, its tools, and the hooks when it spawns them itself) and the hooks runtime's
 outside it (the daemon's process tree, or naive-http's loop), observers' runs included. HOOKOPT_E2E_ROUNDS overrides the number of rounds;
 HOOKOPT_E2E_ONLY (names, comma-separated) keeps only those configurations besides
-none, the floors and native.
+none, the floors and native; HOOKOPT_E2E_THINK_MS has the stand-in model answer each tool
+call's result that many ms late, as a real model does (the same for every configuration,
+so the figures above none and the floors compare as before; the default, 0, leaves
+Claude Code no idle time between a hook's answer and the next event).
 
   .venv/bin/python -m pytest bench/test_e2e_claude.py --benchmark-enable -s
 """
@@ -80,6 +83,9 @@ GENERATED = ("src/gen_a.py", "src/gen_b.py")
 # HOOKOPT_E2E_ONLY=a,b: only these configurations besides none, the floors and native (for a quicker look).
 ONLY = frozenset(filter(None, os.environ.get("HOOKOPT_E2E_ONLY", "").split(",")))
 ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enable; a disabled benchmark (CI) runs one round
+# HOOKOPT_E2E_THINK_MS=N: the stand-in model answers each tool call's result N ms late, as a
+# real model does (0: at once, where Claude Code works right after every answer of ours).
+THINK_S = float(os.environ.get("HOOKOPT_E2E_THINK_MS", "0")) / 1000
 FLOORS = ("floor-command", "floor-http")
 UNHOOKED = ("none", *FLOORS, "floor-http-close")
 STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]
@@ -162,14 +168,24 @@ def reset(project):
     shutil.rmtree(project / ".claude" / "logs", ignore_errors=True)
 
 
+def think(step):
+    """Before the stand-in model answers a tool call's result (not the prompt, not the last): THINK_S."""
+    if THINK_S and 0 < step < N_CALLS:
+        time.sleep(THINK_S)
+
+
 def session(cli, config, root):
     """One scripted session; returns (elapsed_s, loop_s) after checking every outcome."""
     reset(config.project)
     steps = {}
     calls = script(config.project)
+
+    def on_step(step):
+        steps.setdefault(step, time.monotonic())
+        think(step)
+
     result = run_session(
-        cli, config.project, calls, env={"HOOKOPT_RUNTIME_DIR": str(root)}, home=config.home, timeout=300,
-        on_step=lambda step: steps.setdefault(step, time.monotonic()),
+        cli, config.project, calls, env={"HOOKOPT_RUNTIME_DIR": str(root)}, home=config.home, timeout=300, on_step=on_step,
     )
     where = f"{config.name}: {result.stderr[-2000:]}"
     assert result.returncode == 0, where
@@ -468,8 +484,10 @@ def report(benchmark, configs, interpreters, notes):
             info[f"{config.name}_daemon_p50_ms"] = config.daemon
             notes.append(f"{config.name} daemon p50 ms: " + ", ".join(f"{k} {v}" for k, v in config.daemon.items()))
     info["notes"] = notes
+    info["model_think_ms"] = THINK_S * 1000
     benchmark.extra_info.update(info)
     print(f"\nreal Claude Code {N_CALLS}-call session, median of {len(base.sessions)} round(s); "
-          f"native hooks' python3 = {interpreters.get('python3')}"
+          + (f"the stand-in model answering {THINK_S * 1000:.0f} ms late; " if THINK_S else "")
+          + f"native hooks' python3 = {interpreters.get('python3')}"
           + (f", shim runs {interpreters['shim']}" if "shim" in interpreters else ""))
     print("\n".join(lines + notes))
