@@ -22,6 +22,9 @@ from modules.optimization import wire
 from tests.daemon_helpers import ROOT, Runtime
 
 FIXTURES = ROOT / "tests" / "fixtures" / "claude-code-2.1.329"
+EXAMPLE = ROOT / "examples" / "project"
+# The example's hooks as its settings list them, in this order (what select() picks from).
+EXAMPLE_STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]
 BENIGN_COMMAND = "git status --short && npm test -- --watch=false 2>&1 | tail -n 20"
 DANGEROUS_COMMAND = "cd build && rm -rf / --no-preserve-root"
 

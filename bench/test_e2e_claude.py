@@ -58,7 +58,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.conftest import FloorServer, tree_cpu_ms
+from bench.conftest import EXAMPLE, FloorServer, tree_cpu_ms
+from bench.conftest import EXAMPLE_STACK as STACK
 from bench.naive_loop import NaiveLoop
 from modules.optimization.installer import install
 from modules.optimization.protocol import http_reply, parse_event
@@ -68,7 +69,6 @@ from tests.daemon_helpers import Runtime
 
 pytestmark = pytest.mark.claude
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "project"
 IGNORED = shutil.ignore_patterns("hookopt", "logs")
 PYENV_ROOT = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 SHIM = PYENV_ROOT / "shims" / "python3"
@@ -88,7 +88,6 @@ ROUNDS = int(os.environ.get("HOOKOPT_E2E_ROUNDS", "5"))  # with --benchmark-enab
 THINK_S = float(os.environ.get("HOOKOPT_E2E_THINK_MS", "0")) / 1000
 FLOORS = ("floor-command", "floor-http")
 UNHOOKED = ("none", *FLOORS, "floor-http-close")
-STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]
 # hookopt's own cost, with hooks that do nothing: http-true serves the floor's stack (one
 # `true` per event), http-noop the example's stack with every script reduced to reading stdin.
 TRIVIAL = ("http-true", "http-noop")

@@ -19,11 +19,9 @@ import socket
 import statistics
 import time
 
-from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, FloorServer, bash_event, report, sized
+from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, EXAMPLE, FloorServer, bash_event, report, sized
 from modules.optimization.installer import install
-from tests.daemon_helpers import ROOT
 
-EXAMPLE = ROOT / "examples" / "project"
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
 
 

@@ -19,13 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.conftest import BENIGN_COMMAND, BenchRuntime, bash_event, client_env, report, sized
+from bench.conftest import BENIGN_COMMAND, EXAMPLE, BenchRuntime, bash_event, client_env, report, sized
 from modules.optimization import client
 from modules.optimization.hugepages import SWITCH, anon_huge_kb
 from modules.optimization.installer import install
-from tests.daemon_helpers import ROOT, wait_for
+from tests.daemon_helpers import wait_for
 
-EXAMPLE = ROOT / "examples" / "project"
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.1"))
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

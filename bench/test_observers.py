@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.conftest import BenchRuntime, bash_event, client_env, report, sized
+from bench.conftest import EXAMPLE, BenchRuntime, bash_event, client_env, report, sized
 from modules.optimization import client
 from modules.optimization.installer import install
-from tests.daemon_helpers import ROOT, wait_for
+from tests.daemon_helpers import wait_for
 
-EXAMPLE = ROOT / "examples" / "project"
 # change_notes.py is no logger: it tells Claude what changed (additionalContext), so it stays inline.
 LOGGERS = ["log_tools.py", "sqlite_logger.py"]
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.15"))

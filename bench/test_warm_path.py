@@ -22,17 +22,15 @@ import statistics
 import subprocess
 import time
 
-from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, bash_event, client_env, report, sized, tree_cpu_ms
+from bench.conftest import BENIGN_COMMAND, DANGEROUS_COMMAND, EXAMPLE, bash_event, client_env, report, sized, tree_cpu_ms
+from bench.conftest import EXAMPLE_STACK as STACK
 from bench.naive_loop import NaiveLoop
 from modules.optimization import client, wire
 from modules.optimization.installer import install
 from modules.optimization.protocol import HookResult, parse_event
 from modules.optimization.stack import combine_selected, select
-from tests.daemon_helpers import ROOT
 
-EXAMPLE = ROOT / "examples" / "project"
 PRE_HOOKS = ("block_dangerous.py", "audit_bash.py")  # PreToolUse Bash
-STACK = json.loads((EXAMPLE / ".claude" / "settings.json").read_text())["hooks"]  # the scripts' hooks, in this order
 # Tool calls come seconds apart: each side starts from idle, so work one does after its
 # answer (reaping, refilling spares, batching observers) is not billed to the other.
 SETTLE_S = float(os.environ.get("HOOKOPT_BENCH_SETTLE_S", "0.05"))
