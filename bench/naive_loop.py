@@ -9,9 +9,11 @@ a pipe.
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
+import time
 
 from modules.optimization.protocol import HookResult
 
@@ -69,9 +71,10 @@ for line in sys.stdin:
 class NaiveLoop:
     """The naive loop's process, asked one event at a time (from any thread)."""
 
-    def __init__(self, env, cwd):
+    def __init__(self, env, cwd, nice=0):
+        niced = ["nice", "-n", str(nice)] if nice else []  # nice execs the loop: the pid stays the loop's
         self.proc = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-c", NAIVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [*niced, os.path.realpath(sys.executable), "-c", NAIVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             env=env, cwd=cwd, text=True,
         )  # fmt: skip
         self.lock = threading.Lock()
@@ -89,3 +92,36 @@ class NaiveLoop:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+class LaterLoop:
+    """Observers the naive way: hooks queued at the answer and run afterwards, one at a time and
+    in order, by a naive loop of their own at the lowest CPU priority, each once no event came
+    for quiet_s or its event is max_defer_s old (the daemon's observer runs wait the same way)."""
+
+    def __init__(self, env, cwd, quiet_s, max_defer_s):
+        self.loop = NaiveLoop(env, cwd, nice=19)
+        self.quiet_s, self.max_defer_s = quiet_s, max_defer_s
+        self.last = time.monotonic()  # when an event last came or was answered
+        self.queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def touch(self):
+        self.last = time.monotonic()
+
+    def submit(self, raw, scripts):
+        self.queue.put((time.monotonic(), raw, scripts))
+
+    def _work(self):
+        while (item := self.queue.get()) is not None:
+            at, raw, scripts = item
+            for script in scripts:
+                while (idle := time.monotonic() - self.last) < self.quiet_s and (age := time.monotonic() - at) < self.max_defer_s:
+                    time.sleep(min(self.quiet_s - idle, self.max_defer_s - age))
+                self.loop.run(raw, [script])
+
+    def close(self):
+        self.queue.put(None)
+        self.thread.join(timeout=60)
+        self.loop.close()

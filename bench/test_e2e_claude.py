@@ -17,7 +17,10 @@ TCP_NODELAY, keep-alive); floor-http-close (the same server closing each connect
 its answer: what a connection per event costs Claude Code); naive-http (the floor's
 server answering each event with the example's own hooks, run by bench/naive_loop.py, the
 naive fork loop of bench/test_warm_path.py: what the hooks cost Claude Code with the
-least runtime around them, the bound for http); native as shipped (`python3`
+least runtime around them, the bound for http); naive-observers (the same, with the two
+loggers queued at the answer and run afterwards, one at a time, by a naive loop of their
+own at nice 19, each once no event came for the daemon's quiet time: the bound for
+http-observers); native as shipped (`python3`
 is whatever the harness PATH gives: it puts the test interpreter first); native-shim and native-abs
 (the commands rewritten to the pyenv shim, skipped when there is none, and to the
 absolute interpreter behind this venv); uv-native and uv-consolidate (every script
@@ -60,8 +63,9 @@ import pytest
 
 from bench.conftest import EXAMPLE, FloorServer, tree_cpu_ms
 from bench.conftest import EXAMPLE_STACK as STACK
-from bench.naive_loop import NaiveLoop
+from bench.naive_loop import LaterLoop, NaiveLoop
 from modules.optimization.installer import install
+from modules.optimization.observers import MAX_DEFER_S, QUIET_S
 from modules.optimization.protocol import http_reply, parse_event
 from modules.optimization.stack import combine_selected, select
 from tests.claude_harness import ClaudeInstallError, find_or_install_claude, run_session
@@ -92,6 +96,7 @@ UNHOOKED = ("none", *FLOORS, "floor-http-close")
 # `true` per event), http-noop the example's stack with every script reduced to reading stdin.
 TRIVIAL = ("http-true", "http-noop")
 CHECKLESS = (*UNHOOKED, *TRIVIAL)  # nothing blocks, nothing is logged
+OBSERVERS = ("log_tools.py", "sqlite_logger.py")  # the loggers, in http-observers and naive-observers
 
 
 def script(project):
@@ -234,9 +239,10 @@ def probe_interpreters(cli, tmp_path, root, commands):
     return {label: (project / f"{label}.txt").read_text() for label in commands}
 
 
-def naive_answer(loop, project):
+def naive_answer(loop, project, later=None):
     """The floor server's answer with the example's hooks run by the naive loop, combined and
-    turned into an http reply as the daemon turns its own (protocol.http_reply)."""
+    turned into an http reply as the daemon turns its own (protocol.http_reply). With later
+    (a LaterLoop), the observers' hooks are queued there and left out of the answer."""
     hooks_dir = project / ".claude" / "hooks"
 
     def answer(body):
@@ -244,14 +250,44 @@ def naive_answer(loop, project):
         event = parse_event(body)
         selected = select(STACK, event)
         scripts = [str(hooks_dir / re.search(r"hooks/([\w.-]+\.py)", h.command)[1]) for h in selected]
+        if later is not None:
+            later.touch()
+            observed = [s for s in scripts if Path(s).name in OBSERVERS]
+            if observed:
+                later.submit(body.decode(), observed)
+            kept = [(h, s) for h, s in zip(selected, scripts, strict=True) if s not in observed]
+            selected, scripts = [h for h, _ in kept], [s for _, s in kept]
         results = loop.run(body.decode(), scripts) if scripts else []
         reply = http_reply(event["hook_event_name"], combine_selected(event, selected, results))
+        if later is not None:
+            later.touch()
         answer.cpu_ms += (time.thread_time() - start) * 1000  # this thread's own, the loop's apart
         answer.wall_ms.setdefault(event["hook_event_name"], []).append((time.perf_counter() - wall) * 1000)
         return reply
 
     answer.cpu_ms, answer.wall_ms = 0.0, {}
     return answer
+
+
+class NaiveServer:
+    """A naive configuration's floor server and the loops behind it."""
+
+    def __init__(self, config, observed):
+        project = config.project
+        env = {**os.environ, "CLAUDE_PROJECT_DIR": str(project)}
+        self.config, self.loop = config, NaiveLoop(env, project)
+        self.later = LaterLoop(env, project, QUIET_S, MAX_DEFER_S) if observed else None
+        self.server = FloorServer(answer=naive_answer(self.loop, project, self.later))
+        loops = [self.loop] + ([self.later.loop] if self.later else [])
+        # The loops' process trees, and the server thread's own time selecting, asking and combining.
+        config.runtime_cpu = lambda: sum(tree_cpu_ms(loop.proc.pid) for loop in loops) + self.server.answer.cpu_ms
+        edit_settings(project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{self.server.port}/hook", "timeout": 30}))
+
+    def close(self):
+        self.server.close()
+        if self.later is not None:
+            self.later.close()
+        self.loop.close()
 
 
 def floor_hooks(hook):
@@ -295,20 +331,16 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
     configs.append(Config("native", copy("native")))
     edit_settings(configs[0].project, lambda s: s.pop("hooks"))
     floor_server, closing_server = FloorServer(), FloorServer(keep_alive=False)
-    naive_loop = naive_server = None
+    naives = {}  # naive-http and naive-observers: the example's hooks behind the floor's server
     edit_settings(configs[1].project, floor_hooks({"type": "command", "command": "true"}))
     edit_settings(configs[2].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{floor_server.port}/hook", "timeout": 30}))
     if wanted("floor-http-close"):
         configs.append(Config("floor-http-close", copy("floor-http-close")))
         edit_settings(configs[-1].project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{closing_server.port}/hook", "timeout": 30}))
-    if wanted("naive-http"):
-        configs.append(Config("naive-http", copy("naive-http")))
-        project = configs[-1].project
-        naive_loop = NaiveLoop({**os.environ, "CLAUDE_PROJECT_DIR": str(project)}, project)
-        naive_server = FloorServer(answer=naive_answer(naive_loop, project))
-        # The loop's process tree, and the server thread's own time selecting, asking and combining.
-        configs[-1].runtime_cpu = lambda: tree_cpu_ms(naive_loop.proc.pid) + naive_server.answer.cpu_ms
-        edit_settings(project, floor_hooks({"type": "http", "url": f"http://127.0.0.1:{naive_server.port}/hook", "timeout": 30}))
+    for name in ("naive-http", "naive-observers"):
+        if wanted(name):
+            naives[name] = NaiveServer(Config(name, copy(name)), observed=name == "naive-observers")
+            configs.append(naives[name].config)
     if not wanted("native-shim"):
         pass
     elif "shim" in probes:
@@ -333,7 +365,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
             ("consolidate", {"consolidate_hooks": True}),
             ("http", {"transport": "http"}),
             # The two loggers answered once journaled and run after the answer (hookopt install --observers).
-            ("http-observers", {"transport": "http", "observers": ("log_tools.py", "sqlite_logger.py")}),
+            ("http-observers", {"transport": "http", "observers": OBSERVERS}),
             *((name, {"transport": "http"}) for name in TRIVIAL),
             ("uv-consolidate", {"consolidate_hooks": True}),
             ("uv-http", {"transport": "http"}),
@@ -357,7 +389,7 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 as_uv_scripts(config.project)
             install(config.project, say=lambda _: None, **options)
         for config in configs:  # daemon start, first fork-server imports and uv's environments are one-offs
-            if config.installed or config.name in ("uv-native", "naive-http"):
+            if config.installed or config.name in ("uv-native", *naives):
                 session(claude_cli, config, runtime_root)
         rounds = []
 
@@ -374,16 +406,15 @@ def test_e2e_claude_sessions(benchmark, claude_cli, tmp_path, runtime_root, monk
                 served = status and status["legacy"]["spawned_runs" if config.name == "http-true" else "warm_runs"]
                 assert served, (config.name, status)  # Python hooks warm; `true` spawned as sh -c
                 config.daemon = daemon_latency(status)
-        if naive_server is not None:  # its answers' own p50, as the daemon's are reported (warm-up included)
-            p50 = {name: round(statistics.median(ms), 1) for name, ms in sorted(naive_server.answer.wall_ms.items())}
-            notes.append("naive-http server p50 ms (select, the naive loop, combine): " + ", ".join(f"{k} {v}" for k, v in p50.items()))
+        for name, naive in naives.items():  # its answers' own p50, as the daemon's are reported (warm-up included)
+            p50 = {event: round(statistics.median(ms), 1) for event, ms in sorted(naive.server.answer.wall_ms.items())}
+            notes.append(f"{name} server p50 ms (select, the naive loop, combine): " + ", ".join(f"{k} {v}" for k, v in p50.items()))
         assert floor_server.requests >= 2 * (N_CALLS - 1) * (ROUNDS if not benchmark.disabled else 1), floor_server.requests
     finally:
         floor_server.close()
         closing_server.close()
-        if naive_server is not None:
-            naive_server.close()
-            naive_loop.close()
+        for naive in naives.values():
+            naive.close()
         for config in configs:
             if config.installed:
                 Runtime(runtime_root, config.project).stop()
@@ -470,6 +501,10 @@ def report(benchmark, configs, interpreters, notes):
         over = added["http"][1] - added["naive-http"][1]
         info["http_above_naive_http_ms_per_call"] = round(over, 2)
         notes.append(f"http: {over:+.1f} ms per call against naive-http (the example's hooks run by the naive fork loop)")
+    if "http-observers" in added and "naive-observers" in added:  # the same split, observers after the answer
+        over = added["http-observers"][1] - added["naive-observers"][1]
+        info["http_observers_above_naive_observers_ms_per_call"] = round(over, 2)
+        notes.append(f"http-observers: {over:+.1f} ms per call against naive-observers (the same observers, the naive way)")
     for name in ("uv-consolidate", "uv-consolidate-py", "uv-http"):
         if "uv-native" in added and name in added and added[name][1] > 0:
             uv_ratio = added["uv-native"][1] / added[name][1]
