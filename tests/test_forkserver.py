@@ -258,6 +258,48 @@ def test_a_spare_takes_the_jobs_environment_in_its_order(loop: asyncio.AbstractE
     assert loop.run_until_complete(go()) == [expected.encode()] * 2
 
 
+class _Notes(list):  # type: ignore[type-arg]
+    """The "took" notes a ForkServer queues for its zygote, kept as they are sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    def append(self, note: bytes) -> None:
+        self.seen.append(note)
+        super().append(note)
+
+
+def test_the_zygote_is_shown_each_script_and_environment_once(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """A spare's "took" note carries its run's whole message (the environment included) only when
+    the zygote has not seen that script or that environment yet; every run still gets its own."""
+    scripts = []
+    for name in ("a", "b"):
+        scripts.append(tmp_path / f"{name}.py")
+        scripts[-1].write_text(f"import os\nprint('{name}', os.environ['SHOWN'])\n")
+    runs = [(0, "one"), (1, "one"), (0, "one"), (1, "one"), (0, "two"), (1, "two"), (0, "one")]
+
+    async def go() -> tuple[list[bytes], list[bool]]:
+        server = ForkServer(PYENV_PY, env=_env(tmp_path), cwd=str(tmp_path))
+        await server.start()
+        server._took = notes = _Notes()
+        try:
+            outputs = []
+            for index, value in runs:
+                await spare_waiting(server)
+                env = {**_env(tmp_path), "SHOWN": value}
+                result = await server.run(str(scripts[index]), str(scripts[index]), [], stdin=b"", env=env, cwd=str(tmp_path), timeout_s=WAIT)
+                outputs.append(result.stdout)
+            return outputs, [b'"run"' in note for note in notes.seen]
+        finally:
+            await server.close()
+
+    outputs, shown = loop.run_until_complete(go())
+    assert outputs == [f"{'ab'[i]} {value}\n".encode() for i, value in runs]
+    # New script, new script, known, known, new environment, known in it, the first environment again.
+    assert shown == [True, True, False, False, True, False, True]
+
+
 def test_an_exit_report_from_a_pid_not_known_yet_is_let_go_at_once(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     """A direct fork may report before the zygote has told its pid: nothing to hold it for (its
     exit comes from the zygote once reaped), so it must not wait out its limit. Here the report

@@ -33,7 +33,8 @@ Messages both ways: a 4-byte big-endian length, then JSON. Nothing is pickled.
      socket, made after G preloads (the daemon closes it if it has sent more: it lacks their imports)
   -> {"op":"took","id":N,"pid":P,"inflight":K[,"run":{...}]}: the daemon gave run N to spare P, with
      K runs in flight then (sent once its runs are over, or ahead of any other message, so P may
-     be reaped before); "run" is that frame's message when it differs from the last one we saw
+     be reaped before); "run" is that frame's message when we have not seen a run of its
+     script, arguments and directory, or its environment, yet (or not lately)
      <- {"id":N,"exit":X} later, as for a run
   -> {"op":"kill","id":N}    -> {"op":"stop"} (or EOF): exit
 On start it sends {"op":"ready","pid":P,"ctypes":B,"modules":[...]} after pointing its
@@ -201,6 +202,7 @@ class _Zygote:
         self.last: "dict[str, Any] | None" = None  # the last run message: spares apply its environment and rehearse it
         self.main: "Any" = None  # in a spare: the fresh __main__ made ahead
         self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
+        self.env_checked: "tuple[Any, bool] | None" = None  # (an environment, whether it is ours in order)
         self.spare_cpu: "dict[int, int]" = {}  # waiting spare -> the processor it waits on
         self.to_compile: "dict[tuple[str, str], None]" = {}  # (code_path, filename) seen in runs, not compiled yet
         self.wake_r, self.wake_w = os.pipe()
@@ -317,6 +319,7 @@ class _Zygote:
             self.spares.clear()
             self.early_reaped.clear()  # every "took" sent before the preload has been read
             self.generation += 1
+            self.env_checked = None  # an import may have changed our environment (we are then replaced)
             reply = self.preload([str(m) for m in msg.get("modules") or ()])
             reply["id"] = msg.get("id")
             self.send(reply)
@@ -351,11 +354,13 @@ class _Zygote:
         waiting = [self.spare_cpu.get(p) for p in self.spares]
         turn = _CPU_FIRST % len(_CPUS) if _CPUS else 0
         cpu = min(_CPUS[turn:] + _CPUS[:turn], key=waiting.count) if _CPUS else -1
+        env = self.last["env"] if self.last else None
+        same = env is not None and self.is_ours(env)
         gc.freeze()  # as for a direct fork (see handle)
         pid = os.fork()
         if pid == 0:
             ours.detach()  # leave() closes its fd; the object must not close that number again later
-            self.leave(keep=[theirs.fileno()], env=self.last["env"] if self.last else None)
+            self.leave(keep=[theirs.fileno()], env=env, ours=same)
             _yield_on_wake()
             self.main = _fresh_main()  # the same whatever the job
             self.rehearse()
@@ -394,11 +399,19 @@ class _Zygote:
 
     # -- becoming a child -------------------------------------------------------------
 
-    def leave(self, keep: "list[int]", env: "list[list[str]] | None" = None) -> None:
+    def is_ours(self, env: "list[list[str]]") -> bool:
+        """Whether env is our own environment, in the same order (checked once per environment
+        here, rather than in every fork: our environment does not change once we run)."""
+        if self.env_checked is None or self.env_checked[0] is not env:
+            self.env_checked = (env, list(os.environ.items()) == [(key, value) for key, value in env])
+        return self.env_checked[1]
+
+    def leave(self, keep: "list[int]", env: "list[list[str]] | None" = None, ours: bool = False) -> None:
         """In a fresh fork, drop what was the zygote's: its signal set-up, session, fds and environment.
 
         env: the environment the next job most likely brings (hooks of one session share
-        one), applied now so that become_child has nothing to do when it is the same.
+        one), applied now so that become_child has nothing to do when it is the same;
+        ours: whether it is ours already (see is_ours).
         """
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, self.sigchld)
@@ -413,7 +426,7 @@ class _Zygote:
         # The job brings the whole environment. Often it is ours already, in the same order
         # (the session's, which started us): then there is nothing to redo, and a spare keeps
         # the pages clearing and refilling it would have copied (0.8 ms of its processor).
-        if env is None or list(os.environ.items()) != [(key, value) for key, value in env]:
+        if not ours:
             os.environ.clear()
             if env is not None:
                 _set_environ(env)

@@ -28,6 +28,7 @@ _TOOK_GRACE_S: Final = 0.05  # how long a run may go before the zygote must know
 # Children that reported their exit are let go this long after the turn that sends the notes:
 # let go at that turn, their teardown still met the reply (no gain measured); 3 ms later, it did not.
 _RELEASE_AFTER_S: Final = 0.003
+_SHOWN_RUNS_MAX: Final = 256  # distinct runs (id aside) remembered as shown to the zygote
 
 
 class ForkServerUnavailable(RuntimeError):
@@ -83,7 +84,11 @@ class ForkServer:
         # there skips the zygote (its wake-up, fork and the child's set-up) entirely.
         self._spares: list[tuple[int, socket.socket]] = []
         self._generation = 0  # preloads sent: a spare forked after fewer (its "gen") lacks their imports
-        self._primed: tuple[Any, ...] | None = None  # the last run (id aside) the zygote was shown
+        # What the zygote was shown of our runs: the last environment (its JSON), and each run's
+        # other fields (id aside). It needs each script once (to compile it ahead) and the
+        # environment when it changes (its spares apply it ahead), not every run's whole message.
+        self._shown_env = ""
+        self._shown_runs: set[tuple[Any, ...]] = set()
         self._env_json: tuple[object, str] = (None, "")  # the last environment given, and its JSON
         # Children send their exit status here just before they _exit (the zygote's report, once
         # it has reaped them, comes a millisecond later; the first one wins). Each then waits for
@@ -195,14 +200,14 @@ class ForkServer:
         if nice:
             fields["nice"] = nice
         msg = json.dumps(fields)[:-1] + ', "env": ' + env_json + "}"
-        primed = (script, code_path, tuple(argv), cwd, env_json, module, nice)
+        shape = (script, code_path, tuple(argv), cwd, module, nice)
         fed, stdin = _prefill(ours[0], stdin)
         ours = (fed, ours[1], ours[2])
         try:
-            pid = await self._hand_to_spare(rid, msg, primed, child)
+            pid = await self._hand_to_spare(rid, msg, shape, env_json, child)
             if pid is None:
                 await self._send(msg.encode("utf-8", "surrogatepass"), child)
-                self._primed = primed
+                self._shown(shape, env_json)
             elif not pid_f.done():
                 pid_f.set_result(pid)
         except BaseException:
@@ -351,7 +356,17 @@ class ForkServer:
         except OSError:
             pass  # gone already (it waits hold_max_s at most)
 
-    async def _hand_to_spare(self, rid: int, msg: str, primed: tuple[Any, ...], fds: Sequence[int]) -> int | None:
+    def _shown(self, shape: tuple[Any, ...], env_json: str) -> bool:
+        """Note that the zygote saw a run of this shape and environment; whether it had not yet."""
+        if env_json == self._shown_env and shape in self._shown_runs:
+            return False
+        if len(self._shown_runs) >= _SHOWN_RUNS_MAX:
+            self._shown_runs.clear()  # runs with ever-changing arguments: show them again, now and then
+        self._shown_runs.add(shape)
+        self._shown_env = env_json
+        return True
+
+    async def _hand_to_spare(self, rid: int, msg: str, shape: tuple[Any, ...], env_json: str, fds: Sequence[int]) -> int | None:
         """Send a run (its JSON) straight to a spare fork; its pid, or None when no spare is left to take it."""
         sock = self._sock
         if sock is None or self._closed.is_set():
@@ -373,9 +388,8 @@ class ForkServer:
                     chan.close()
                 # "inflight": how many runs went at once, so the zygote keeps as many spares.
                 took = f'{{"op": "took", "id": {rid:d}, "pid": {pid:d}, "inflight": {self.busy + 1:d}'
-                if primed != self._primed:  # the zygote prepares its next spares with the last run's environment
+                if self._shown(shape, env_json):  # see _shown_runs
                     took += ', "run": ' + msg
-                    self._primed = primed
                 # Sent later (see _after_event): a quick child may be reaped before the zygote
                 # reads it, which it handles; its exit report reaches us directly meanwhile.
                 note = (took + "}").encode("utf-8", "surrogatepass")
