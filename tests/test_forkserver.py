@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,6 +122,38 @@ def test_an_edited_script_is_recompiled(runner: LegacyRunner, loop: asyncio.Abst
         for _ in range(3):
             got = loop.run_until_complete(runner.run("python3 hook.py", stdin=EVENT, env=env, cwd=str(tmp_path)))
             assert got == HookResult(0, f"{version}\n".encode(), b"")
+
+
+def test_the_zygote_compiles_an_edited_script_again(tmp_path: Path) -> None:
+    """Scripts are compiled in the zygote, ahead of the spares that inherit the code. After an
+    edit, the children of the old code would compile the script themselves, every run: the
+    zygote compiles it again before its next spare (and leaves a broken file to the children
+    until it changes)."""
+    from modules.optimization import forkserver  # the zygote's own code, in this process
+
+    codes = vars(forkserver)["_CODES"]  # read into forkserver's namespace from forkserver_child.py
+    script = tmp_path / "s.py"
+    key = (str(script), str(script))
+    scripts = {key: None}
+
+    def compiled() -> Any:
+        forkserver._recompile_edited(scripts)
+        entry = codes.get(key)
+        return None if entry is None else entry[1]
+
+    try:
+        script.write_text("x = 1\n")
+        first = compiled()
+        assert first is not None and 1 in first.co_consts
+        assert compiled() is first  # unchanged: not compiled again
+        script.write_text("x = 22\n")
+        assert 22 in compiled().co_consts
+        script.write_text("x = (\n")
+        assert compiled() is None  # the child compiles it and reports the SyntaxError itself
+        script.write_text("x = 333\n")
+        assert 333 in compiled().co_consts
+    finally:
+        codes.pop(key, None)
 
 
 def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
@@ -258,7 +291,7 @@ def test_a_spare_takes_the_jobs_environment_in_its_order(loop: asyncio.AbstractE
     assert loop.run_until_complete(go()) == [expected.encode()] * 2
 
 
-class _Notes(list):  # type: ignore[type-arg]
+class _Notes(list[bytes]):
     """The "took" notes a ForkServer queues for its zygote, kept as they are sent."""
 
     def __init__(self) -> None:

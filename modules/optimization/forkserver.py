@@ -65,7 +65,6 @@ if MYPY:
     # Defined in forkserver_child.py, which is read into this module's namespace below.
     from .forkserver_child import (
         _AFFINITY,
-        _CODES,
         _CPUS,
         _OWN_IDS,
         _POLICY,
@@ -77,9 +76,9 @@ if MYPY:
         _fresh_main,
         _is_pyc,
         _kill_group,
-        _precompile,
         _quote_from,
         _received_fds,
+        _recompile_edited,
         _scratch_fd,
         _set_environ,
         _stdio,
@@ -108,6 +107,7 @@ except Exception:  # an interpreter built without ctypes: the daemon spawns inst
     _HAVE_CTYPES = False
 
 _MAX_FDS = 64
+_MAX_SCRIPTS = 256  # scripts compiled ahead, at most (others compile in their children)
 _MAX_SPARES = 4  # at most this many forks wait for work (one per hook an event runs at once)
 # Refill spares only after this long with no run in flight and nothing to read: forking
 # costs a core for a millisecond, which must not be taken from hooks still running or
@@ -204,7 +204,9 @@ class _Zygote:
         self.applied_env: "list[list[str]] | None" = None  # in a child: what leave() put in os.environ
         self.env_checked: "tuple[Any, bool] | None" = None  # (an environment, whether it is ours in order)
         self.spare_cpu: "dict[int, int]" = {}  # waiting spare -> the processor it waits on
-        self.to_compile: "dict[tuple[str, str], None]" = {}  # (code_path, filename) seen in runs, not compiled yet
+        # (code_path, filename) of the scripts seen in runs -> the file's stamp when we last compiled
+        # it (or tried; None: not yet). Compiled again when the file changes: see fork_spare.
+        self.scripts: "dict[tuple[str, str], Any]" = {}
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -338,15 +340,14 @@ class _Zygote:
             if run.get("module") is not None:
                 return
             key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
-            if key not in _CODES:
-                self.to_compile[key] = None  # compiled before the next spare is forked: it inherits the code
+            if key not in self.scripts and len(self.scripts) < _MAX_SCRIPTS:
+                self.scripts[key] = None  # compiled before the next spare is forked: it inherits the code
 
     # -- spares ---------------------------------------------------------------------
 
     def fork_spare(self) -> "tuple[dict[str, object], list[int]] | None":
         """Fork a child that waits for a run; return only in that child, once its job came."""
-        while self.to_compile:
-            _precompile(*self.to_compile.popitem()[0])
+        _recompile_edited(self.scripts)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # The processor fewest waiting spares are pinned to (see _wait_on_cpu).
         # Ties go to _CPU_FIRST, then on round: another zygote's hooks of the same event

@@ -53,6 +53,19 @@ def _precompile(code_path: str, filename: str) -> None:
         _CODES[(code_path, filename)] = (before, code)
 
 
+def _recompile_edited(scripts: "dict[tuple[str, str], Any]") -> None:
+    """Compile each script (code_path, filename) again whose file's stamp is not the one we last
+    compiled it from (or tried to; None: never). The children of a script edited since would
+    otherwise compile it themselves, each run (the stamp tells them). A file that no longer
+    compiles is left to them until it changes again."""
+    for key, stamp in scripts.items():
+        now = _stamp(key[0])
+        if now != stamp:
+            scripts[key] = now
+            _CODES.pop(key, None)
+            _precompile(*key)
+
+
 def _compiled(code_path: str, filename: str) -> "Any":
     entry = _CODES.get((code_path, filename))
     if entry is None or _stamp(code_path) != entry[0]:
