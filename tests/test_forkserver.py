@@ -156,6 +156,47 @@ def test_the_zygote_compiles_an_edited_script_again(tmp_path: Path) -> None:
         codes.pop(key, None)
 
 
+SPY = """import os, sys
+
+def _compiled(event, args):  # every compile of target.py in this process and its forks, by pid
+    if event == "compile" and str(args[1]).endswith("target.py"):
+        with open(os.environ["SPY_LOG"], "a") as log:
+            log.write(f"{os.getpid()}\\n")
+
+sys.addaudithook(_compiled)
+"""
+
+
+def test_a_run_forked_at_once_inherits_its_script_compiled(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """With no spare waiting (runs back to back), the zygote forks the run when it comes: it
+    compiles the script first (when first seen or edited), so the child does not compile it
+    again. An audit hook, preloaded into the zygote, logs which process compiles the script."""
+    (tmp_path / "spy_compiles.py").write_text(SPY)
+    script, log = tmp_path / "target.py", tmp_path / "compiles.log"
+    env = {**_env(tmp_path), "PYTHONPATH": str(tmp_path), "SPY_LOG": str(log)}
+
+    async def go() -> tuple[int, list[bytes], list[str]]:
+        server = ForkServer(PYENV_PY, env=env, cwd=str(tmp_path))
+        await server.start()
+        try:
+            assert await server.preload(["spy_compiles"]) == ["spy_compiles"]
+            outputs = []
+            for version in ("one", "one", "two", "two"):  # edited after the second run (same size)
+                if not script.exists() or version not in script.read_text():
+                    script.write_text(f"print('{version}')\n")
+                server._drop_spares()  # none left: the zygote forks this run when it comes
+                result = await server.run(str(script), str(script), [], stdin=b"", env=env, cwd=str(tmp_path), timeout_s=WAIT)
+                outputs.append(result.stdout)
+            assert server.pid is not None
+            return server.pid, outputs, log.read_text().split()
+        finally:
+            await server.close()
+
+    zygote, outputs, compilers = loop.run_until_complete(go())
+    assert outputs == [b"one\n", b"one\n", b"two\n", b"two\n"]
+    assert compilers == [str(zygote)] * 2  # once per version, in the zygote only
+
+
 def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("import sys, json\nprint(sys.argv[1:], 'json' in sys.modules)\nsys.exit(len(sys.stdin.read()))\n")

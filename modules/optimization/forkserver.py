@@ -291,7 +291,9 @@ class _Zygote:
         op = msg.get("op")
         if op == "run":  # the daemon had no spare left
             fds, self.fds = self.fds[:3], self.fds[3:]
-            self.started(int(msg["id"]), msg)
+            key = self.started(int(msg["id"]), msg)
+            if key in self.scripts:  # compiled here (first seen, or edited), the child inherits the code
+                _recompile_edited(self.scripts, [key])
             # Everything alive now belongs to the zygote: the GC leaves it alone in the child
             # (fewer copied pages), and whatever the GC tracks in the child is the script's.
             gc.freeze()
@@ -333,15 +335,18 @@ class _Zygote:
             os._exit(0)
         return None
 
-    def started(self, rid: int, run: "dict[str, Any] | None") -> None:
+    def started(self, rid: int, run: "dict[str, Any] | None") -> "tuple[str, str] | None":
+        """Note a run (its message when we are shown it); the script's key in self.scripts, if any."""
         self.peak = min(_MAX_SPARES, max(self.peak, len(self.children) + 1))
-        if run is not None:
-            self.last = run
-            if run.get("module") is not None:
-                return
-            key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
-            if key not in self.scripts and len(self.scripts) < _MAX_SCRIPTS:
-                self.scripts[key] = None  # compiled before the next spare is forked: it inherits the code
+        if run is None:
+            return None
+        self.last = run
+        if run.get("module") is not None:
+            return None
+        key = (str(run["code_path"]), _filename_in(str(run["script"]), os.path.realpath(str(run["cwd"]))))
+        if key not in self.scripts and len(self.scripts) < _MAX_SCRIPTS:
+            self.scripts[key] = None  # compiled before the next spare is forked: it inherits the code
+        return key
 
     # -- spares ---------------------------------------------------------------------
 

@@ -53,12 +53,13 @@ def _precompile(code_path: str, filename: str) -> None:
         _CODES[(code_path, filename)] = (before, code)
 
 
-def _recompile_edited(scripts: "dict[tuple[str, str], Any]") -> None:
-    """Compile each script (code_path, filename) again whose file's stamp is not the one we last
-    compiled it from (or tried to; None: never). The children of a script edited since would
-    otherwise compile it themselves, each run (the stamp tells them). A file that no longer
-    compiles is left to them until it changes again."""
-    for key, stamp in scripts.items():
+def _recompile_edited(scripts: "dict[tuple[str, str], Any]", keys: "list[tuple[str, str]] | None" = None) -> None:
+    """Compile each script (code_path, filename) of scripts (or of keys only) again whose file's
+    stamp is not the one we last compiled it from (or tried to; None: never). The children of a
+    script edited since would otherwise compile it themselves, each run (the stamp tells them).
+    A file that no longer compiles is left to them until it changes again."""
+    for key in scripts if keys is None else keys:
+        stamp = scripts[key]
         now = _stamp(key[0])
         if now != stamp:
             scripts[key] = now
