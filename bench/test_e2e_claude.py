@@ -33,8 +33,9 @@ one (`--client python`); and hookopt's own cost with
 hooks that do nothing: http-true (the floor's stack, one `true` per event, served by
 the daemon) and http-noop (the example's stack with every script reduced to reading
 its stdin).
-Each configuration is also reported above its floor (http above floor-http, the
-others above floor-command), with the processor time each call took: Claude Code's own
+Each configuration is also reported above its floor (those Claude Code reaches over
+http, naive-http and naive-observers included, above floor-http; the others above
+floor-command), with the processor time each call took: Claude Code's own
 (the CLI, its tools, and the hooks when it spawns them itself) and the hooks runtime's
 outside it (the daemon's process tree, or naive-http's loop), observers' runs included. HOOKOPT_E2E_ROUNDS overrides the number of rounds;
 HOOKOPT_E2E_ONLY (names, comma-separated) keeps only those configurations besides
@@ -439,6 +440,13 @@ def daemon_latency(status):
     return events
 
 
+def floor_of(name):
+    """The floor a configuration is reported above: floor-http for those Claude Code reaches over http."""
+    if name in ("none", *FLOORS):
+        return None
+    return "floor-http" if "http" in name or name.startswith("naive-") else "floor-command"
+
+
 def report(benchmark, configs, interpreters, notes):
     base = configs[0]
     added = {}
@@ -470,7 +478,7 @@ def report(benchmark, configs, interpreters, notes):
     for name, (session_ms, loop_ms, elapsed) in added.items():
         ratio = native / loop_ms if name not in CHECKLESS and loop_ms > 0 else None
         shim_ratio = shim / loop_ms if shim is not None and name not in CHECKLESS and loop_ms > 0 else None
-        floor = None if name in ("none", *FLOORS) else "floor-http" if "http" in name else "floor-command"
+        floor = floor_of(name)
         above = None if floor is None else loop_ms - added[floor][1]
         if above is not None:
             info[f"{name}_above_{floor.replace('-', '_')}_ms_per_call"] = round(above, 2)

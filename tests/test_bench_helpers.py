@@ -52,3 +52,15 @@ def test_tree_cpu_counts_live_descendants_and_nothing_else():
         subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
         proc.kill()
         proc.wait()
+
+
+def test_each_configuration_is_judged_against_the_floor_of_its_transport():
+    """Claude Code reaches the daemon's http installs and the naive servers over http: their
+    floor is one instant http hook; the command installs' is one `true` command hook."""
+    from bench.test_e2e_claude import floor_of
+
+    over_http = ("http", "http-observers", "http-true", "uv-http", "naive-http", "naive-observers", "floor-http-close")
+    assert {name: floor_of(name) for name in over_http} == dict.fromkeys(over_http, "floor-http")
+    over_command = ("native", "stubs", "consolidate", "uv-native", "uv-consolidate", "consolidate-py")
+    assert {name: floor_of(name) for name in over_command} == dict.fromkeys(over_command, "floor-command")
+    assert [floor_of(name) for name in ("none", "floor-command", "floor-http")] == [None, None, None]
