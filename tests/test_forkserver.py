@@ -197,6 +197,46 @@ def test_a_run_forked_at_once_inherits_its_script_compiled(loop: asyncio.Abstrac
     assert compilers == [str(zygote)] * 2  # once per version, in the zygote only
 
 
+SPY_ENV = """import sys
+
+changes = []  # every change to the process environment, in this process and its forks
+
+def _changed(event, args):
+    if event in ("os.putenv", "os.unsetenv"):
+        changes.append(event)
+
+sys.addaudithook(_changed)
+"""
+
+
+def test_a_run_forked_at_once_keeps_the_zygotes_environment_when_it_is_the_jobs(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """With no spare waiting, a run whose environment is the zygote's own, in the same order,
+    starts with it as it is (as a spare does), instead of clearing and refilling it; another
+    environment is still applied. An audit hook, preloaded into the zygote, counts the changes."""
+    (tmp_path / "spy_env.py").write_text(SPY_ENV)
+    script = tmp_path / "env.py"
+    script.write_text("import os, spy_env\nprint(len(spy_env.changes), os.environ.get('MARK'))\n")
+    env = {**_env(tmp_path), "PYTHONPATH": str(tmp_path), "MARK": "zygote"}
+
+    async def go() -> list[list[bytes]]:
+        server = ForkServer(PYENV_PY, env=env, cwd=str(tmp_path))
+        await server.start()
+        try:
+            assert await server.preload(["spy_env"]) == ["spy_env"]
+            outputs = []
+            for job_env in (env, {**env, "MARK": "job"}, env):
+                server._drop_spares()  # none left: the zygote forks this run when it comes
+                result = await server.run(str(script), str(script), [], stdin=b"", env=job_env, cwd=str(tmp_path), timeout_s=WAIT)
+                outputs.append(result.stdout.split())
+            return outputs
+        finally:
+            await server.close()
+
+    ours, other, ours_again = loop.run_until_complete(go())
+    assert ours == ours_again == [b"0", b"zygote"]  # nothing cleared or set
+    assert other[1] == b"job" and int(other[0]) > 0
+
+
 def test_fork_server_directly(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("import sys, json\nprint(sys.argv[1:], 'json' in sys.modules)\nsys.exit(len(sys.stdin.read()))\n")

@@ -297,9 +297,11 @@ class _Zygote:
             # Everything alive now belongs to the zygote: the GC leaves it alone in the child
             # (fewer copied pages), and whatever the GC tracks in the child is the script's.
             gc.freeze()
+            ours = self.is_ours(msg["env"])
             pid = os.fork()
             if pid == 0:
-                self.leave(keep=fds)
+                # As a spare does: an environment that is ours already is not cleared and refilled.
+                self.leave(keep=fds, env=msg["env"], ours=ours)
                 return msg, fds
             for fd in fds:
                 os.close(fd)
