@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import posix
 import subprocess
 import tempfile
@@ -94,3 +95,57 @@ def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catche
     finally:
         loop.close()
 
+
+
+def test_a_stack_event_hands_out_every_run_before_it_is_journaled(tmp_path, monkeypatch):
+    """The observer journal is written while the hooks run, not ahead of them: on the daemon's
+    one thread a write first would hold every run back. The real runner and journal, each
+    call noted in order."""
+    import shutil
+
+    from modules.optimization.installer import install
+    from tests.conftest import EXAMPLE_PROJECT
+
+    runtime = Path(tempfile.mkdtemp(prefix="hz", dir="/tmp"))
+    monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(runtime).encode())
+    project = tmp_path / "p"
+    shutil.copytree(EXAMPLE_PROJECT, project, ignore=shutil.ignore_patterns("hookopt", "logs"))
+    monkeypatch.setenv("CLAUDE_PROJECT_DIR", str(project))
+    ensure_runtime_dir()
+    install(project, consolidate_hooks=True, say=lambda _: None)
+    daemon = Daemon(project, load_settings(project))
+    calls = []
+    run, record = daemon.runner.run, daemon.journal.record
+
+    async def noted_run(command, **kwargs):
+        calls.append("run " + command.rsplit("/", 1)[-1].strip('"'))
+        return await run(command, **kwargs)
+
+    async def noted_record(event):
+        calls.append("journal")
+        return await record(event)
+
+    monkeypatch.setattr(daemon.runner, "run", noted_run)
+    monkeypatch.setattr(daemon.journal, "record", noted_record)
+    event = post_event(project, tool_use_id="toolu_order")
+    event.update(tool_name="Edit", tool_input={"file_path": str(project / "src" / "app.py"), "old_string": "a", "new_string": "b"})
+    env = {**os.environ, "CLAUDE_PROJECT_DIR": str(project)}
+
+    async def go():
+        try:
+            return await daemon.dispatch_stack(json.dumps(event).encode(), env, str(project))
+        finally:
+            await daemon.runner.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        result = loop.run_until_complete(go())
+    finally:
+        loop.close()
+        daemon.journal.close()
+        daemon.observers.close()
+        daemon.engine.close()
+        subprocess.run(["rm", "-rf", str(runtime)], check=False)
+    assert result.exit_code == 0, result
+    assert calls == ["run log_tools.py", "run sqlite_logger.py", "run change_notes.py", "journal"], calls
+    assert (project / ".claude" / "logs" / "tools.db").exists()  # the hooks did run

@@ -244,8 +244,9 @@ class Dispatcher:
             interpreter = self.stacks.legacy_command(path)
         return None if interpreter is None else shlex.join([interpreter, script, *argv])
 
-    async def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
-        """Run hooks warm in parallel, as Claude Code runs them; their results in the same order."""
+    def run_legacy(self, hooks: Sequence[StackHook], raw: bytes, env: Mapping[str, str], cwd: str) -> asyncio.Future[list[HookResult]]:
+        """Start hooks warm in parallel, as Claude Code runs them: their results in the same order.
+        Each hook's task is scheduled at once, ahead of anything the caller schedules next."""
 
         async def one(hook: StackHook) -> HookResult:
             start = time.perf_counter()
@@ -255,7 +256,7 @@ class Dispatcher:
             self.monitor.observe_validator(f"hook:{hook.command[-60:]}", time.perf_counter() - start, status)
             return result
 
-        return list(await asyncio.gather(*(one(h) for h in hooks)))
+        return asyncio.gather(*(one(h) for h in hooks))
 
     async def _run_observers(self, hooks: Sequence[ObserverHook], raw: bytes, env: Mapping[str, str], cwd: str) -> list[HookResult]:
         return await self.run_legacy([StackHook(h.command, h.timeout_s, observer=True) for h in hooks], raw, env, cwd)
@@ -271,8 +272,8 @@ class Dispatcher:
         installed = self.stacks.get(scope)
         if installed is None or installed.manifest is None:
             return HookResult(*bad_input(raw, ConfigError(f"hookopt is not installed in the {scope} scope of {self.project}")))
-        # Journaled while the hooks start (see _journal), and done before the answer.
-        journal = None if event["hook_event_name"] in GUARDED_EVENTS else asyncio.ensure_future(self._journal(event))
+        journaled = event["hook_event_name"] not in GUARDED_EVENTS  # see _journal
+        journal: asyncio.Future[bytes] | None = None
         try:
             start = time.perf_counter()
             hooks = self.stacks.select(scope, event)
@@ -284,8 +285,14 @@ class Dispatcher:
                     log.error("observer hooks of a %s event not journaled, run inline: %s", event["hook_event_name"], exc)
                 else:
                     hooks = [h for h in hooks if not h.observer]
-            result = combine_selected(event, hooks, await self.run_legacy(hooks, raw, env, cwd))
+            running = self.run_legacy(hooks, raw, env, cwd)
+            # Journaled while the hooks run, and done before the answer: their tasks were
+            # scheduled first, so every run is handed out before the journal is written.
+            journal = asyncio.ensure_future(self._journal(event)) if journaled else None
+            result = combine_selected(event, hooks, await running)
         finally:
+            if journal is None and journaled:  # something above failed: the event is journaled all the same
+                journal = asyncio.ensure_future(self._journal(event))
             note = b"" if journal is None else await journal
         self.monitor.observe_event(event["hook_event_name"], "stack", time.perf_counter() - start)
         return dataclasses.replace(result, stderr=result.stderr + note) if note else result
