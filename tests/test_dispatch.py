@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import posix
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,8 +15,10 @@ from hypothesis import strategies as st
 
 from modules.optimization import wire
 from modules.optimization.daemon import Daemon, ensure_runtime_dir
+from modules.optimization.installer import install
 from modules.optimization.integrated_optimizer import load_settings
 from modules.optimization.protocol import ProtocolError
+from tests.conftest import EXAMPLE_PROJECT
 from tests.daemon_helpers import post_event
 from tests.fuzz_strategies import event_like, json_values, mangled
 
@@ -96,16 +99,10 @@ def test_fuzz_daemon_frame_parser_raises_only_what_the_connection_handler_catche
         loop.close()
 
 
-
 def test_a_stack_event_hands_out_every_run_before_it_is_journaled(tmp_path, monkeypatch):
     """The observer journal is written while the hooks run, not ahead of them: on the daemon's
     one thread a write first would hold every run back. The real runner and journal, each
     call noted in order."""
-    import shutil
-
-    from modules.optimization.installer import install
-    from tests.conftest import EXAMPLE_PROJECT
-
     runtime = Path(tempfile.mkdtemp(prefix="hz", dir="/tmp"))
     monkeypatch.setitem(posix.environ, b"HOOKOPT_RUNTIME_DIR", str(runtime).encode())
     project = tmp_path / "p"
