@@ -505,14 +505,14 @@ def report(benchmark, configs, interpreters, notes):
                 f"{name}: native client {native_above:+.1f} ms per call above the floor, Python client "
                 f"{python_above:+.1f} ({python_above - native_above:+.1f} ms per call for the Python starts)"
             )
-    if "http" in added and "naive-http" in added:  # the same hooks, all synchronous, with the least runtime around them
-        over = added["http"][1] - added["naive-http"][1]
-        info["http_above_naive_http_ms_per_call"] = round(over, 2)
-        notes.append(f"http: {over:+.1f} ms per call against naive-http (the example's hooks run by the naive fork loop)")
-    if "http-observers" in added and "naive-observers" in added:  # the same split, observers after the answer
-        over = added["http-observers"][1] - added["naive-observers"][1]
-        info["http_observers_above_naive_observers_ms_per_call"] = round(over, 2)
-        notes.append(f"http-observers: {over:+.1f} ms per call against naive-observers (the same observers, the naive way)")
+    for name, naive, what in (  # the same hooks, with the least runtime around them
+        ("http", "naive-http", "the example's hooks run by the naive fork loop"),
+        ("http-observers", "naive-observers", "the same observers, the naive way"),
+    ):
+        if name in added and naive in added:
+            over = added[name][1] - added[naive][1]
+            info[f"{name}_above_{naive}_ms_per_call".replace("-", "_")] = round(over, 2)
+            notes.append(f"{name}: {over:+.1f} ms per call against {naive} ({what})")
     for name in ("uv-consolidate", "uv-consolidate-py", "uv-http"):
         if "uv-native" in added and name in added and added[name][1] > 0:
             uv_ratio = added["uv-native"][1] / added[name][1]

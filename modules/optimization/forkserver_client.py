@@ -388,7 +388,7 @@ class ForkServer:
                     chan.close()
                 # "inflight": how many runs went at once, so the zygote keeps as many spares.
                 took = f'{{"op": "took", "id": {rid:d}, "pid": {pid:d}, "inflight": {self.busy + 1:d}'
-                if self._shown(shape, env_json):  # see _shown_runs
+                if self._shown(shape, env_json):  # a script or an environment it has not seen
                     took += ', "run": ' + msg
                 # Sent later (see _after_event): a quick child may be reaped before the zygote
                 # reads it, which it handles; its exit report reaches us directly meanwhile.
